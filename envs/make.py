@@ -1,0 +1,254 @@
+"""Registration of the xlstm_rl tasks and the ``make_env`` / ``make_vec_env`` factories."""
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import error as gym_error
+from gymnasium.envs.registration import find_highest_version, parse_env_id
+from gymnasium.vector import AutoresetMode
+
+from xlstm_rl.envs.wrappers import WrapperSpec, apply_wrappers
+
+TMAZE_ID = "xlstm_rl/TMaze-v0"
+DELAYED_RECALL_ID = "xlstm_rl/DelayedRecall-v0"
+POSITION_ONLY_CARTPOLE_ID = "xlstm_rl/PositionOnlyCartPole-v0"
+VELOCITY_ONLY_CARTPOLE_ID = "xlstm_rl/VelocityOnlyCartPole-v0"
+
+# id -> keyword arguments of gymnasium.register
+_TASKS: dict[str, dict[str, Any]] = {
+    TMAZE_ID: {"entry_point": "xlstm_rl.envs.tmaze:TMazeEnv", "reward_threshold": 1.0},
+    DELAYED_RECALL_ID: {"entry_point": "xlstm_rl.envs.recall:DelayedRecallEnv",
+                        "reward_threshold": 1.0},
+    POSITION_ONLY_CARTPOLE_ID: {"entry_point": "xlstm_rl.envs.cartpole:make_position_only_cartpole",
+                                "max_episode_steps": 500, "reward_threshold": 475.0},
+    VELOCITY_ONLY_CARTPOLE_ID: {"entry_point": "xlstm_rl.envs.cartpole:make_velocity_only_cartpole",
+                                "max_episode_steps": 500, "reward_threshold": 475.0},
+}
+TASK_IDS: tuple[str, ...] = tuple(_TASKS)
+
+_AUTORESET_MODES = {"same_step": AutoresetMode.SAME_STEP, "next_step": AutoresetMode.NEXT_STEP,
+                    "disabled": AutoresetMode.DISABLED}
+
+
+def register_envs() -> tuple[str, ...]:
+    """Registers the xlstm_rl tasks with gymnasium; ids already registered are left alone.
+
+    Called on ``import xlstm_rl.envs``; calling it again is harmless.
+
+    Returns:
+        The task ids.
+    """
+    for env_id, spec_kwargs in _TASKS.items():
+        if env_id not in gym.registry:
+            gym.register(id=env_id, **spec_kwargs)
+    return TASK_IDS
+
+
+def _is_known(env_name: str) -> bool:
+    if env_name in gym.registry:
+        return True
+    try:  # an unversioned id resolves to its newest version, as in gymnasium.make
+        namespace, name, version = parse_env_id(env_name)
+    except gym_error.Error:
+        return False
+    return version is None and find_highest_version(namespace, name) is not None
+
+
+def _bare_name(env_id: str) -> str:
+    """``"ns/Name-v3"`` -> ``"name"`` (lower case), for fuzzy matching."""
+    return env_id.rsplit("/", 1)[-1].rsplit("-v", 1)[0].lower()
+
+
+def close_env_ids(env_name: str, n: int = 3) -> list[str]:
+    """Returns up to ``n`` registered ids close to ``env_name`` (case-insensitive).
+
+    Both the full ids and their bare names (no namespace, no version) are compared, so
+    ``"tmaze"`` finds ``"xlstm_rl/TMaze-v0"``.
+
+    Args:
+        env_name: The id that was not found.
+        n: Maximum number of suggestions.
+
+    Returns:
+        Registered ids, best match first.
+    """
+    by_full: dict[str, str] = {}
+    by_bare: dict[str, list[str]] = {}
+    for key in gym.registry:
+        by_full.setdefault(key.lower(), key)
+        by_bare.setdefault(_bare_name(key), []).append(key)
+    found = [by_full[m] for m in difflib.get_close_matches(env_name.lower(), list(by_full), n=n)]
+    for bare in difflib.get_close_matches(_bare_name(env_name), list(by_bare), n=n):
+        found.extend(sorted(by_bare[bare], reverse=True))
+    return list(dict.fromkeys(found))[:n]
+
+
+def _unknown_id_error(env_id: str, env_name: str) -> ValueError:
+    hint = ", ".join(repr(m) for m in close_env_ids(env_name))
+    hint = f"; did you mean {hint}?" if hint else "; no close matches in the gymnasium registry"
+    return ValueError(f"unknown environment id {env_id!r}{hint}")
+
+
+def resolve_env_id(env_id: str) -> str:
+    """Checks an id, importing the module of a ``"module:EnvId"`` id first.
+
+    Args:
+        env_id: A registered id, or ``"module:EnvId"`` where importing ``module`` registers it.
+
+    Returns:
+        The id without its module prefix.
+
+    Raises:
+        ValueError: If the module cannot be imported or the id is not registered; the message
+            is one line naming the id and the closest registered ids.
+    """
+    if not isinstance(env_id, str):
+        raise TypeError(f"env_id must be a str, got {type(env_id).__name__}")
+    module_name, sep, env_name = env_id.partition(":")
+    if not sep:
+        env_name = env_id
+    else:
+        try:
+            importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ValueError(f"unknown environment id {env_id!r}: cannot import module "
+                             f"{module_name!r} ({type(exc).__name__})") from exc
+    if not _is_known(env_name):
+        raise _unknown_id_error(env_id, env_name)
+    return env_name
+
+
+def make_env(env_id: str, *, wrappers: Sequence[WrapperSpec] = (), seed: int | None = None,
+             render_mode: str | None = None, **kwargs: Any) -> gym.Env:
+    """Builds one environment from a registered id and applies wrappers in order.
+
+    Args:
+        env_id: A registered id (``"xlstm_rl/TMaze-v0"``, ``"CartPole-v1"``, ...) or the
+            ``"module:EnvId"`` form, which imports ``module`` (to register ids) first.
+        wrappers: Wrapper specifications applied in order, the last outermost: callables,
+            dotted paths (``"gymnasium.wrappers.ClipReward"``) or
+            ``{"name": path_or_callable, "kwargs": {...}}`` dicts.
+        seed: If given, the environment is reset once with ``reset(seed=seed)`` and its action
+            and observation spaces are seeded, so later ``env.reset()`` calls (without a seed)
+            are reproducible. The observation of that reset is discarded.
+        render_mode: Passed to the environment when not None.
+        **kwargs: Passed to ``gymnasium.make`` (constructor kwargs, ``max_episode_steps``, ...).
+
+    Returns:
+        The environment.
+
+    Raises:
+        ValueError: For an unknown id or a bad wrapper specification (one-line message).
+    """
+    env_name = resolve_env_id(env_id)
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    env = apply_wrappers(gym.make(env_name, **kwargs), wrappers)
+    if seed is not None:
+        env.reset(seed=int(seed))
+        env.action_space.seed(int(seed))
+        env.observation_space.seed(int(seed))
+    return env
+
+
+def _autoreset_mode(mode: str | AutoresetMode) -> AutoresetMode:
+    if isinstance(mode, AutoresetMode):
+        return mode
+    key = str(mode).lower()
+    if key not in _AUTORESET_MODES:
+        raise ValueError(f"unknown autoreset_mode {mode!r}; expected one of {list(_AUTORESET_MODES)}")
+    return _AUTORESET_MODES[key]
+
+
+def make_vec_env(env_id: str, num_envs: int, *, vectorization: str = "sync",
+                 seed: int | None = None, wrappers: Sequence[WrapperSpec] = (),
+                 autoreset_mode: str | AutoresetMode = "same_step",
+                 **kwargs: Any) -> gym.vector.VectorEnv:
+    """Builds ``num_envs`` copies of an environment in a gymnasium vector env.
+
+    With the default ``autoreset_mode="same_step"`` (``AutoresetMode.SAME_STEP``), a sub-env
+    whose episode ends in ``step`` is reset within that same call: the returned observation
+    row is already the first observation of its next episode, ``terminated``/``truncated``
+    describe the episode that ended, and (gymnasium 1.4 key names)
+
+    * ``infos["final_obs"]``: numpy object array of length ``num_envs`` holding the last
+      observation of each ended episode (``None`` elsewhere);
+    * ``infos["_final_obs"]``: bool mask of the sub-envs that ended this step;
+    * ``infos["final_info"]``: the ended episodes' step infos, batched as a dict of arrays
+      with ``_key`` masks, e.g. ``infos["final_info"]["success"]`` and
+      ``infos["final_info"]["_success"]``; ``infos["_final_info"]`` is again the ended mask.
+
+    The top-level ``infos`` keys then come from the reset of the next episode.
+
+    Seeding: if ``seed`` is given, the vector env is reset here with ``reset(seed=seed)``, which
+    seeds sub-env ``j`` with ``seed + j``, and the batched action space is seeded with ``seed``;
+    the caller then calls ``envs.reset()`` (no seed) for the first observations. Calling
+    ``envs.reset(seed=seed)`` again instead gives the same first observations.
+
+    Args:
+        env_id: A registered id or ``"module:EnvId"`` (see :func:`make_env`).
+        num_envs: Number of sub-environments (>= 1).
+        vectorization: ``"sync"`` (``SyncVectorEnv``) or ``"async"`` (``AsyncVectorEnv``,
+            one process per sub-env).
+        seed: Base seed, see above.
+        wrappers: Wrapper specifications applied to every sub-env (see :func:`make_env`).
+        autoreset_mode: ``"same_step"`` (default), ``"next_step"``, ``"disabled"`` or an
+            ``AutoresetMode``.
+        **kwargs: Passed to ``gymnasium.make`` for every sub-env.
+
+    Returns:
+        The vector environment.
+
+    Raises:
+        ValueError: For an unknown id, vectorization, autoreset mode, bad wrapper spec or
+            ``num_envs < 1``.
+    """
+    if int(num_envs) < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    mode = _autoreset_mode(autoreset_mode)
+    resolve_env_id(env_id)  # fail here, in this process, with a readable error
+    wrappers = list(wrappers) if not isinstance(wrappers, (str, dict)) else [wrappers]
+    apply = _env_fn(env_id, wrappers, kwargs)
+    env_fns = [apply for _ in range(int(num_envs))]
+    if vectorization == "sync":
+        envs: gym.vector.VectorEnv = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=mode)
+    elif vectorization == "async":
+        envs = gym.vector.AsyncVectorEnv(env_fns, autoreset_mode=mode)
+    else:
+        raise ValueError(f"unknown vectorization {vectorization!r}; expected 'sync' or 'async'")
+    if seed is not None:
+        envs.reset(seed=int(seed))
+        envs.action_space.seed(int(seed))
+    return envs
+
+
+def _env_fn(env_id: str, wrappers: list[WrapperSpec], kwargs: dict[str, Any]
+            ) -> Callable[[], gym.Env]:
+    def thunk() -> gym.Env:
+        return make_env(env_id, wrappers=wrappers, **kwargs)
+    return thunk
+
+
+def episode_success(infos: dict[str, Any], num_envs: int) -> np.ndarray:
+    """Reads per-env success flags of episodes that ended in a same-step-autoreset vector step.
+
+    Args:
+        infos: The info dict returned by ``VectorEnv.step`` (``autoreset_mode="same_step"``).
+        num_envs: Number of sub-environments.
+
+    Returns:
+        A float array of shape ``(num_envs,)``: 1.0 / 0.0 where an episode ended with a
+        ``success`` flag this step, NaN elsewhere.
+    """
+    out = np.full(int(num_envs), np.nan, dtype=np.float64)
+    final = infos.get("final_info")
+    if not isinstance(final, dict) or "success" not in final:
+        return out
+    mask = np.asarray(final.get("_success", np.ones(num_envs, dtype=bool)), dtype=bool)
+    out[mask] = np.asarray(final["success"], dtype=np.float64)[mask]
+    return out

@@ -1,0 +1,108 @@
+"""Recurrent (step-by-step) mLSTM: the definition every other form is tested against.
+
+The mLSTM cell of Beck et al. 2024, "xLSTM: Extended Long Short-Term Memory"
+(arXiv:2405.04517), Section 2.3, with the stabilizer state ``m`` of their Appendix A:
+
+    f̂_t = logsigmoid(f_t)
+    m_t  = max(f̂_t + m_{t-1}, i_t)
+    f'_t = exp(f̂_t + m_{t-1} - m_t),   i'_t = exp(i_t - m_t)
+    C_t  = f'_t C_{t-1} + i'_t k_t v_tᵀ,   n_t = f'_t n_{t-1} + i'_t k_t
+    h_t  = (q̂_tᵀ C_t) / (max(|q̂_tᵀ n_t|, exp(-m_t)) + eps),   q̂_t = q_t / sqrt(Dk)
+
+A reset at ``t`` re-initializes ``(C, n, m)`` to zeros before step ``t`` (``torch.where``, so
+nothing from the discarded state, not even a NaN, reaches later steps or their gradients).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+MLSTMState = tuple[Tensor, Tensor, Tensor]
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of the recurrent state for inputs of ``dtype``: float32, or float64 for float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def mlstm_zero_state(batch: int, heads: int, dk: int, dv: int, *, device=None,
+                     dtype: torch.dtype = torch.float32) -> MLSTMState:
+    """The zero state ``(C [B,H,Dk,Dv], n [B,H,Dk], m [B,H])``."""
+    return (torch.zeros(batch, heads, dk, dv, device=device, dtype=dtype),
+            torch.zeros(batch, heads, dk, device=device, dtype=dtype),
+            torch.zeros(batch, heads, device=device, dtype=dtype))
+
+
+def _clear(state: MLSTMState, reset: Tensor | None) -> MLSTMState:
+    """Zero every state entry of the batch rows where ``reset[B]`` is True."""
+    if reset is None:
+        return state
+    C, n, m = state
+    r = reset.to(device=m.device, dtype=torch.bool)
+    return (torch.where(r[:, None, None, None], torch.zeros_like(C), C),
+            torch.where(r[:, None, None], torch.zeros_like(n), n),
+            torch.where(r[:, None], torch.zeros_like(m), m))
+
+
+def mlstm_step_reference(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
+                         state: MLSTMState | None, *, reset: Tensor | None = None,
+                         eps: float = 1e-6) -> tuple[Tensor, MLSTMState]:
+    """One mLSTM step.
+
+    Args:
+        q, k: ``[B, H, Dk]`` query and key.
+        v: ``[B, H, Dv]`` value.
+        i, f: ``[B, H]`` input and forget gate pre-activations.
+        state: ``(C [B,H,Dk,Dv], n [B,H,Dk], m [B,H])`` or None for the zero state.
+        reset: optional ``[B]`` bool; True re-initializes that row's state before this step.
+        eps: added to the normalizer.
+
+    Returns:
+        ``h [B, H, Dv]`` in the input dtype and the new state (float32, float64 for float64).
+    """
+    B, H, dk = q.shape
+    in_dtype, sd = q.dtype, state_dtype(q.dtype)
+    if state is None:
+        state = mlstm_zero_state(B, H, dk, v.shape[-1], device=q.device, dtype=sd)
+    C, n, m = _clear(state, reset)
+    q, k, v, i, f = (x.to(sd) for x in (q, k, v, i, f))
+    f_log = torch.nn.functional.logsigmoid(f)
+    m_new = torch.maximum(f_log + m, i)
+    f_act = torch.exp(f_log + m - m_new)
+    i_act = torch.exp(i - m_new)
+    C = f_act[..., None, None] * C + (i_act[..., None] * k)[..., :, None] * v[..., None, :]
+    n = f_act[..., None] * n + i_act[..., None] * k
+    q_scaled = q / math.sqrt(dk)
+    num = torch.einsum("bhk,bhkv->bhv", q_scaled, C)
+    qn = (q_scaled * n).sum(-1)
+    den = torch.maximum(qn.abs(), torch.exp(-m_new)) + eps
+    h = num / den[..., None]
+    return h.to(in_dtype), (C, n, m_new)
+
+
+def mlstm_recurrent(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
+                    state: MLSTMState | None = None, reset: Tensor | None = None,
+                    eps: float = 1e-6) -> tuple[Tensor, MLSTMState]:
+    """mLSTM over a sequence as a Python loop of :func:`mlstm_step_reference` (the definition).
+
+    Args:
+        q, k: ``[B, H, S, Dk]``; v: ``[B, H, S, Dv]``; i, f: ``[B, H, S]``.
+        state: optional initial ``(C, n, m)``; zeros when None.
+        reset: optional ``[B, S]`` bool, True where an episode starts.
+        eps: normalizer epsilon.
+
+    Returns:
+        ``h [B, H, S, Dv]`` (input dtype) and the final state.
+    """
+    S = q.shape[2]
+    if S == 0:
+        raise ValueError("mlstm_recurrent needs a sequence of length >= 1, got S=0")
+    hs = []
+    for t in range(S):
+        r = None if reset is None else reset[:, t]
+        h, state = mlstm_step_reference(q[:, :, t], k[:, :, t], v[:, :, t], i[:, :, t],
+                                        f[:, :, t], state, reset=r, eps=eps)
+        hs.append(h)
+    return torch.stack(hs, dim=2), state
