@@ -171,30 +171,26 @@ def make_vec_env(env_id: str, num_envs: int, *, vectorization: str = "sync",
                  **kwargs: Any) -> gym.vector.VectorEnv:
     """Builds ``num_envs`` copies of an environment in a gymnasium vector env.
 
-    With the default ``autoreset_mode="same_step"`` (``AutoresetMode.SAME_STEP``), a sub-env
-    whose episode ends in ``step`` is reset within that same call: the returned observation
-    row is already the first observation of its next episode, ``terminated``/``truncated``
-    describe the episode that ended, and (gymnasium 1.4 key names)
+    With the default ``autoreset_mode="same_step"`` (``AutoresetMode.SAME_STEP``) a sub-env
+    whose episode ends in ``step`` is reset within that call: its returned observation row is
+    already the first observation of the next episode, ``terminated``/``truncated`` describe
+    the episode that ended, and the gymnasium 1.4 info keys are
 
-    * ``infos["final_obs"]``: numpy object array of length ``num_envs`` holding the last
-      observation of each ended episode (``None`` elsewhere);
-    * ``infos["_final_obs"]``: bool mask of the sub-envs that ended this step;
-    * ``infos["final_info"]``: the ended episodes' step infos, batched as a dict of arrays
-      with ``_key`` masks, e.g. ``infos["final_info"]["success"]`` and
-      ``infos["final_info"]["_success"]``; ``infos["_final_info"]`` is again the ended mask.
+    * ``infos["final_obs"]``: object array (length ``num_envs``) with the last observation of
+      each ended episode, ``None`` elsewhere; ``infos["_final_obs"]``: bool mask of ended envs;
+    * ``infos["final_info"]``: the ended episodes' last step infos batched as a dict of arrays
+      with ``_key`` masks (``infos["final_info"]["success"]`` / ``["_success"]``);
+      ``infos["_final_info"]`` is the same ended mask. Top-level keys come from the reset.
 
-    The top-level ``infos`` keys then come from the reset of the next episode.
-
-    Seeding: if ``seed`` is given, the vector env is reset here with ``reset(seed=seed)``, which
-    seeds sub-env ``j`` with ``seed + j``, and the batched action space is seeded with ``seed``;
-    the caller then calls ``envs.reset()`` (no seed) for the first observations. Calling
-    ``envs.reset(seed=seed)`` again instead gives the same first observations.
+    Seeding: with ``seed``, the vector env is reset here with ``reset(seed=seed)`` (sub-env
+    ``j`` gets ``seed + j``) and the batched action space is seeded; then call
+    ``envs.reset()`` for the first observations (or ``envs.reset(seed=seed)`` to restart
+    from the seeded state; both are reproducible).
 
     Args:
         env_id: A registered id or ``"module:EnvId"`` (see :func:`make_env`).
         num_envs: Number of sub-environments (>= 1).
-        vectorization: ``"sync"`` (``SyncVectorEnv``) or ``"async"`` (``AsyncVectorEnv``,
-            one process per sub-env).
+        vectorization: ``"sync"`` (``SyncVectorEnv``) or ``"async"`` (``AsyncVectorEnv``).
         seed: Base seed, see above.
         wrappers: Wrapper specifications applied to every sub-env (see :func:`make_env`).
         autoreset_mode: ``"same_step"`` (default), ``"next_step"``, ``"disabled"`` or an
@@ -205,8 +201,8 @@ def make_vec_env(env_id: str, num_envs: int, *, vectorization: str = "sync",
         The vector environment.
 
     Raises:
-        ValueError: For an unknown id, vectorization, autoreset mode, bad wrapper spec or
-            ``num_envs < 1``.
+        ValueError: For an unknown id, vectorization or autoreset mode, a bad wrapper spec
+            or ``num_envs < 1``.
     """
     if int(num_envs) < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")

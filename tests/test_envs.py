@@ -323,8 +323,12 @@ def test_make_vec_env_seed_and_options() -> None:
     a = make_vec_env("xlstm_rl/DelayedRecall-v0", 2, seed=11)
     b = make_vec_env("xlstm_rl/DelayedRecall-v0", 2, seed=11)
     np.testing.assert_array_equal(a.reset()[0], b.reset()[0])
+    unseeded = make_vec_env("xlstm_rl/DelayedRecall-v0", 2)
+    np.testing.assert_array_equal(a.reset(seed=11)[0], unseeded.reset(seed=11)[0])
     next_step = make_vec_env("xlstm_rl/TMaze-v0", 2, autoreset_mode="next_step")
     assert next_step.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
+    for envs in (a, b, unseeded, next_step):
+        envs.close()
     with pytest.raises(ValueError):
         make_vec_env("xlstm_rl/TMaze-v0", 2, vectorization="threads")
     with pytest.raises(ValueError, match="unknown environment id"):
