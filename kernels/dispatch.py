@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .reference import (MLSTMState, SLSTMState, mlstm_chunkwise_reference, mlstm_step_reference,
-                        slstm_sequence_reference, slstm_step_reference)
+                        slstm_sequence_fused, slstm_step_reference)
 from .reference import mlstm_recurrent as _mlstm_recurrent_reference
 
 BACKENDS = ("auto", "reference", "triton")
@@ -143,11 +143,17 @@ def _check_slstm(wx: Tensor, r_weight: Tensor, bias: Tensor, reset: Tensor | Non
 def slstm_sequence(wx: Tensor, r_weight: Tensor, bias: Tensor, *,
                    state: SLSTMState | None = None, reset: Tensor | None = None,
                    backend: str = "auto") -> tuple[Tensor, SLSTMState]:
-    """sLSTM over a sequence: wx ``[B, S, 4, H, Dh]`` -> h ``[B, S, H, Dh]``, final state."""
+    """sLSTM over a sequence: wx ``[B, S, 4, H, Dh]`` -> h ``[B, S, H, Dh]``, final state.
+
+    The reference backend runs the fused time loop (one autograd node, hand-written backward),
+    checked against the step-by-step definition ``slstm_sequence_reference``.
+    """
     _check_slstm(wx, r_weight, bias, reset, step=False)
     if resolve_backend(backend, wx.device) == "triton":
         return _triton_ops().slstm_sequence(wx, r_weight, bias, state=state, reset=reset)
-    return slstm_sequence_reference(wx, r_weight, bias, state=state, reset=reset)
+    if wx.shape[1] == 0:
+        raise ValueError("the sequence is empty (S=0); pass at least one step")
+    return slstm_sequence_fused(wx, r_weight, bias, state=state, reset=reset)
 
 
 def slstm_step(wx: Tensor, r_weight: Tensor, bias: Tensor, state: SLSTMState | None, *,

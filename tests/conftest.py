@@ -14,3 +14,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One intra-op thread: the suite's tensors are small, where OpenMP start-up and barrier
+    costs dominate (and oversubscribe a shared 2-core CI machine)."""
+    torch.set_num_threads(1)

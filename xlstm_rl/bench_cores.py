@@ -1,0 +1,124 @@
+"""``xlstm-rl bench cores``: core and reference-kernel timings, measured side by side.
+
+Every comparison runs its candidates interleaved in one process (round-robin repetitions, median
+time), so the ratios hold even on a shared, noisy machine where absolute times drift.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from xlstm_rl.cores import CORE_NAMES, make_core
+from xlstm_rl.kernels import mlstm_chunkwise, mlstm_recurrent, mlstm_step, slstm_sequence
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_side_by_side(fns: dict[str, Callable[[], object]], device: torch.device,
+                      repeats: int = 7, warmup: int = 2, budget_s: float = 20.0
+                      ) -> dict[str, float]:
+    """Median seconds per call of each function, repetitions interleaved round-robin."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s:
+            break
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def _fwd_bwd(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+    def run() -> None:
+        fn().sum().backward()
+    return run
+
+
+def _mlstm_inputs(B: int, H: int, S: int, D: int, device: torch.device):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    mk = lambda *s: torch.randn(*s, generator=g).to(device).requires_grad_()  # noqa: E731
+    return mk(B, H, S, D), mk(B, H, S, D), mk(B, H, S, D), mk(B, H, S), mk(B, H, S)
+
+
+def bench_sequences(device: torch.device, S: int = 1024) -> dict:
+    """fwd+bwd of mLSTM chunkwise vs its step loop vs nn.LSTM, and sLSTM vs nn.LSTM."""
+    q, k, v, i, f = _mlstm_inputs(2, 2, S, 64, device)
+    lstm = torch.nn.LSTM(128, 128, batch_first=True).to(device)
+    x = torch.randn(2, S, 128, device=device, requires_grad=True)
+    wx = torch.randn(2, S, 4, 4, 32, device=device, requires_grad=True)
+    r_weight = (0.1 * torch.randn(4, 4, 32, 32, device=device)).requires_grad_()
+    bias = torch.zeros(4, 4, 32, device=device, requires_grad=True)
+    fns = {
+        "mlstm_chunkwise": _fwd_bwd(lambda: mlstm_chunkwise(q, k, v, i, f, chunk_size=64)[0]),
+        "torch_lstm": _fwd_bwd(lambda: lstm(x)[0]),
+        "slstm_sequence": _fwd_bwd(lambda: slstm_sequence(wx, r_weight, bias)[0]),
+    }
+    t = time_side_by_side(fns, device)
+    loop = time_side_by_side({"mlstm_step_loop": _fwd_bwd(lambda: mlstm_recurrent(
+        q, k, v, i, f)[0]), "mlstm_chunkwise": fns["mlstm_chunkwise"]}, device, repeats=3)
+    return {
+        "shape": {"B": 2, "H": 2, "S": S, "Dk": 64, "Dv": 64, "lstm_width": 128},
+        "seconds": {**t, "mlstm_step_loop": loop["mlstm_step_loop"]},
+        "ratios": {
+            "chunkwise_speedup_over_step_loop": loop["mlstm_step_loop"] / loop["mlstm_chunkwise"],
+            "chunkwise_time_over_torch_lstm": t["mlstm_chunkwise"] / t["torch_lstm"],
+            "slstm_time_over_torch_lstm": t["slstm_sequence"] / t["torch_lstm"],
+        },
+    }
+
+
+def bench_steps(device: torch.device, envs: int = 16, width: int = 128) -> dict:
+    """Acting latency for ``envs`` environments: the mLSTM step kernel vs nn.LSTMCell, and the
+    ``step`` of every core at the same width (no autograd, as when acting)."""
+    q, k, v, i, f = (t.detach()[:, :, 0] for t in _mlstm_inputs(envs, 2, 1, 64, device))
+    state = (torch.zeros(envs, 2, 64, 64, device=device), torch.zeros(envs, 2, 64, device=device),
+             torch.zeros(envs, 2, device=device))
+    cell = torch.nn.LSTMCell(width, width).to(device)
+    x = torch.randn(envs, width, device=device)
+    hc = (torch.zeros(envs, width, device=device), torch.zeros(envs, width, device=device))
+    fns = {"mlstm_step": lambda: mlstm_step(q, k, v, i, f, state), "torch_lstm_cell":
+           lambda: cell(x, hc)}
+    cores = {name: make_core(name, width, hidden_size=width).to(device) for name in CORE_NAMES}
+    states = {name: c.initial_state(envs, device) for name, c in cores.items()}
+    for name, core in cores.items():
+        fns[f"core_{name}"] = (lambda c=core, s=states[name]: c.step(x, s))
+    with torch.no_grad():
+        t = time_side_by_side(fns, device, repeats=50, warmup=5)
+    return {
+        "envs": envs, "width": width, "seconds": t,
+        "ratios": {
+            "mlstm_step_over_lstm_cell": t["mlstm_step"] / t["torch_lstm_cell"],
+            **{f"core_{n}_step_over_lstm_core": t[f"core_{n}"] / t["core_lstm"]
+               for n in CORE_NAMES},
+        },
+    }
+
+
+def bench_cores(out_path: str | Path, device: str = "cpu") -> dict:
+    """Run every core benchmark and write the JSON report to ``out_path``."""
+    dev = torch.device(device)
+    report = {
+        "device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "sequences_fwd_bwd": bench_sequences(dev),
+        "steps": bench_steps(dev),
+    }
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_path).write_text(json.dumps(report, indent=2))
+    return report
