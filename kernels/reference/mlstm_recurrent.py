@@ -70,13 +70,15 @@ def mlstm_step_reference(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
     q, k, v, i, f = (x.to(sd) for x in (q, k, v, i, f))
     f_log = torch.nn.functional.logsigmoid(f)
     m_new = torch.maximum(f_log + m, i)
-    f_act = torch.exp(f_log + m - m_new)
-    i_act = torch.exp(i - m_new)
-    C = f_act[..., None, None] * C + (i_act[..., None] * k)[..., :, None] * v[..., None, :]
-    n = f_act[..., None] * n + i_act[..., None] * k
-    q_scaled = q / math.sqrt(dk)
-    num = torch.einsum("bhk,bhkv->bhv", q_scaled, C)
-    qn = (q_scaled * n).sum(-1)
+    f_act = torch.exp(f_log + m - m_new)                                    # [B, H]
+    ik = torch.exp(i - m_new)[..., None] * k                                # i'_t k_t
+    dv = v.shape[-1]
+    C = torch.baddbmm((f_act[..., None, None] * C).view(B * H, dk, dv),
+                      ik.view(B * H, dk, 1), v.reshape(B * H, 1, dv)).view(B, H, dk, dv)
+    n = torch.addcmul(ik, f_act[..., None], n)
+    q_scaled = (q * (1.0 / math.sqrt(dk))).view(B * H, 1, dk)
+    num = torch.bmm(q_scaled, C.view(B * H, dk, dv)).view(B, H, dv)
+    qn = torch.bmm(q_scaled, n.view(B * H, dk, 1)).view(B, H)
     den = torch.maximum(qn.abs(), torch.exp(-m_new)) + eps
     h = num / den[..., None]
     return h.to(in_dtype), (C, n, m_new)
