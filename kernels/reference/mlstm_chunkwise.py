@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid
 
-from .mlstm_recurrent import MLSTMState, mlstm_zero_state, state_dtype
+from .mlstm_recurrent import MLSTMState, clear_rows, mlstm_zero_state, state_dtype
 
 _PAD_INPUT_GATE = -1e30  # a padded step adds nothing and leaves (C, n, m) unchanged
 
@@ -154,6 +154,8 @@ def mlstm_chunkwise_reference(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Ten
     in_dtype, sd = q.dtype, state_dtype(q.dtype)
     if state is None:
         state = mlstm_zero_state(B, H, dk, dv, device=q.device, dtype=sd)
+    elif reset is not None:  # a state discarded at t=0 must not reach even a 0 * NaN gradient
+        state = clear_rows(state, reset[:, 0])
     L = min(chunk_size, S)
     nc = -(-S // L)
     pad = nc * L - S

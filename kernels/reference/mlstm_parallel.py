@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid
 
-from .mlstm_recurrent import MLSTMState, mlstm_zero_state, state_dtype
+from .mlstm_recurrent import MLSTMState, clear_rows, mlstm_zero_state, state_dtype
 
 
 def mlstm_parallel(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
@@ -30,6 +30,8 @@ def mlstm_parallel(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
     in_dtype, sd = q.dtype, state_dtype(q.dtype)
     if state is None:
         state = mlstm_zero_state(B, H, dk, v.shape[-1], device=q.device, dtype=sd)
+    if reset is not None:
+        state = clear_rows(state, reset[:, 0])
     C0, n0, m0 = state
     q, k, v, i = (x.to(sd) for x in (q, k, v, i))
     b = logsigmoid(f.to(sd)).cumsum(dim=-1)                                 # [B,H,S]

@@ -35,7 +35,7 @@ def mlstm_zero_state(batch: int, heads: int, dk: int, dv: int, *, device=None,
             torch.zeros(batch, heads, device=device, dtype=dtype))
 
 
-def _clear(state: MLSTMState, reset: Tensor | None) -> MLSTMState:
+def clear_rows(state: MLSTMState, reset: Tensor | None) -> MLSTMState:
     """Zero every state entry of the batch rows where ``reset[B]`` is True."""
     if reset is None:
         return state
@@ -66,7 +66,7 @@ def mlstm_step_reference(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
     in_dtype, sd = q.dtype, state_dtype(q.dtype)
     if state is None:
         state = mlstm_zero_state(B, H, dk, v.shape[-1], device=q.device, dtype=sd)
-    C, n, m = _clear(state, reset)
+    C, n, m = clear_rows(state, reset)
     q, k, v, i, f = (x.to(sd) for x in (q, k, v, i, f))
     f_log = torch.nn.functional.logsigmoid(f)
     m_new = torch.maximum(f_log + m, i)

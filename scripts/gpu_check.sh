@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# GPU check: the gpu-marked tests and the kernel benchmark, one command (< ~8 min on an H200).
+#
+#   scripts/gpu_check.sh OUT_DIR
+#
+# Writes OUT_DIR/gpu_check.log (everything), OUT_DIR/pytest_gpu.xml and
+# OUT_DIR/bench_kernels.json. Exit status: 0 when the tests pass and the benchmark ran.
+# Environment: PYTHON (interpreter to use), GPU_CHECK_NO_PIP=1 (never pip install).
+#
+# Works on a bare machine with only torch + triton + pytest (the repository copied, no network):
+# the package is made importable by `pip install --no-deps --no-build-isolation -e .`, or, when
+# that fails, by a symlink tree (xlstm_rl/ plus kernels/ agents/ envs/ configs/ mounted under
+# it) put on PYTHONPATH. Python runs outside the repository root (or with -P) so that the
+# source folder xlstm_rl/, which lacks the mapped subpackages, never shadows the package.
+set -uo pipefail
+
+if [ $# -ne 1 ]; then
+    echo "usage: $0 OUT_DIR" >&2
+    exit 2
+fi
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+mkdir -p "$1"
+OUT=$(cd "$1" && pwd)
+LOG="$OUT/gpu_check.log"
+: >"$LOG"
+export PYTHONUNBUFFERED=1
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
+elif [ -x "$REPO/.venv/bin/python" ]; then PY=$REPO/.venv/bin/python
+else PY=$(command -v python3); fi
+
+log() { echo "[gpu_check $(date +%H:%M:%S)] $*" | tee -a "$LOG"; }
+importable() { (cd "$OUT" && "$PY" -c "import xlstm_rl.kernels" >>"$LOG" 2>&1); }
+
+shadow_tree() {
+    local site
+    site=$(mktemp -d)/site
+    mkdir -p "$site/xlstm_rl"
+    for f in "$REPO"/xlstm_rl/*; do ln -s "$f" "$site/xlstm_rl/"; done
+    for d in kernels agents envs configs; do
+        [ -d "$REPO/$d" ] && ln -s "$REPO/$d" "$site/xlstm_rl/$d"
+    done
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+    log "using a symlink tree on PYTHONPATH: $site"
+}
+
+log "repo $REPO, python $PY, out $OUT"
+(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || true) | tee -a "$LOG"
+"$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$LOG"
+
+if ! importable && [ -z "${GPU_CHECK_NO_PIP:-}" ]; then
+    log "installing the package: pip install --no-deps --no-build-isolation -e ."
+    (cd "$REPO" && "$PY" -m pip install -q --no-deps --no-build-isolation -e . >>"$LOG" 2>&1)
+fi
+importable || shadow_tree
+importable || { log "FAILED: xlstm_rl.kernels is not importable"; exit 1; }
+
+# pytest from the repo root (its config), without the root on sys.path.
+if "$PY" -P -c "" 2>/dev/null; then PYTEST=("$PY" -P -m pytest)
+elif [ -x "$(dirname "$PY")/pytest" ]; then PYTEST=("$(dirname "$PY")/pytest")
+else PYTEST=(pytest); fi
+mapfile -t GPU_FILES < <(cd "$REPO" && grep -l "mark.gpu" tests/test_*.py)
+log "pytest -m gpu on: ${GPU_FILES[*]}"
+(cd "$REPO" && "${PYTEST[@]}" -m gpu -p no:cacheprovider -ra --continue-on-collection-errors \
+    --junitxml="$OUT/pytest_gpu.xml" \
+    "${GPU_FILES[@]}") 2>&1 | tee -a "$LOG"
+TESTS=${PIPESTATUS[0]}
+log "pytest exit status $TESTS"
+
+BENCH_JSON="$OUT/bench_kernels.json"
+if command -v xlstm-rl >/dev/null && (cd "$OUT" && xlstm-rl bench kernels --help >/dev/null 2>&1); then
+    log "xlstm-rl bench kernels --device cuda --out $BENCH_JSON"
+    (cd "$OUT" && xlstm-rl bench kernels --device cuda --out "$BENCH_JSON") 2>&1 | tee -a "$LOG"
+    BENCH=${PIPESTATUS[0]}
+else
+    log "the xlstm-rl CLI is unavailable here: calling xlstm_rl.kernels.bench.bench_kernels"
+    (cd "$OUT" && "$PY" -c "import json, sys; from xlstm_rl.kernels.bench import bench_kernels; \
+print(json.dumps(bench_kernels('cuda', sys.argv[1]), indent=2))" "$BENCH_JSON") 2>&1 | tee -a "$LOG"
+    BENCH=${PIPESTATUS[0]}
+fi
+log "bench exit status $BENCH"
+if [ "$TESTS" -ne 0 ] || [ "$BENCH" -ne 0 ]; then
+    log "FAILED (tests $TESTS, bench $BENCH)"
+    exit 1
+fi
+log "OK"
