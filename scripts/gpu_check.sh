@@ -47,6 +47,15 @@ log "repo $REPO, python $PY, out $OUT"
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || true) | tee -a "$LOG"
 "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$LOG"
 
+# Pure-python dependencies missing on a bare GPU machine (tensordict for the core tests) may
+# travel as wheels in $REPO/.whl (see the device tool's notes); install them into a side folder.
+if compgen -G "$REPO/.whl/*.whl" >/dev/null; then
+    log "installing carried wheels from $REPO/.whl into /tmp/xlstm_rl_site"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/xlstm_rl_site "$REPO"/.whl/*.whl >>"$LOG" 2>&1 \
+        && export PYTHONPATH="/tmp/xlstm_rl_site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
 if ! importable && [ -z "${GPU_CHECK_NO_PIP:-}" ]; then
     log "installing the package: pip install --no-deps --no-build-isolation -e ."
     (cd "$REPO" && "$PY" -m pip install -q --no-deps --no-build-isolation -e . >>"$LOG" 2>&1)
