@@ -59,8 +59,22 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "triton"
 
 
+def _check_state(state, want: dict[str, tuple[int, ...]], op: str) -> None:
+    """``state`` must be None or a tuple of tensors with exactly the shapes in ``want``."""
+    if state is None:
+        return
+    names = ", ".join(want)
+    if not isinstance(state, (tuple, list)) or len(state) != len(want):
+        raise ValueError(f"{op} state must be a tuple ({names}), got {type(state).__name__}"
+                         + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else ""))
+    for (name, shape), x in zip(want.items(), state):
+        if not isinstance(x, Tensor) or tuple(x.shape) != shape:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{op} state {name} must have shape {shape}, got {got}")
+
+
 def _check_mlstm(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, reset: Tensor | None,
-                 step: bool) -> None:
+                 step: bool, state=None) -> None:
     nd = 3 if step else 4
     where = "[B, H, Dk]" if step else "[B, H, S, Dk]"
     if q.dim() != nd or k.shape != q.shape:
@@ -76,6 +90,8 @@ def _check_mlstm(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, reset: T
         raise ValueError(f"reset must be {want_reset} (bool); got {tuple(reset.shape)}")
     if not step and q.shape[2] == 0:
         raise ValueError("the sequence is empty (S=0); pass at least one step")
+    B, H, dk, dv = q.shape[0], q.shape[1], q.shape[-1], v.shape[-1]
+    _check_state(state, {"C": (B, H, dk, dv), "n": (B, H, dk), "m": (B, H)}, "mLSTM")
 
 
 def mlstm_chunkwise(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
@@ -88,8 +104,8 @@ def mlstm_chunkwise(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
         chunk_size: steps per chunk, >= 1 (16..256 are the tuned sizes; any S is padded).
         backend: ``"auto" | "reference" | "triton"``.
     """
-    _check_mlstm(q, k, v, i, f, reset, step=False)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
+    _check_mlstm(q, k, v, i, f, reset, step=False, state=state)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if resolve_backend(backend, q.device) == "triton":
         return _triton_ops().mlstm_chunkwise(q, k, v, i, f, state=state, reset=reset,
@@ -111,7 +127,7 @@ def mlstm_recurrent(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
     Returns:
         ``h [B, H, S, Dv]`` and the final state (float32 whatever the input dtype).
     """
-    _check_mlstm(q, k, v, i, f, reset, step=False)
+    _check_mlstm(q, k, v, i, f, reset, step=False, state=state)
     return _mlstm_recurrent_reference(q, k, v, i, f, state=state, reset=reset, eps=eps)
 
 
@@ -119,14 +135,14 @@ def mlstm_step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
                state: MLSTMState | None, *, reset: Tensor | None = None, eps: float = 1e-6,
                backend: str = "auto") -> tuple[Tensor, MLSTMState]:
     """One mLSTM step (acting path): q, k ``[B,H,Dk]``, v ``[B,H,Dv]``, i, f ``[B,H]``."""
-    _check_mlstm(q, k, v, i, f, reset, step=True)
+    _check_mlstm(q, k, v, i, f, reset, step=True, state=state)
     if resolve_backend(backend, q.device) == "triton":
         return _triton_ops().mlstm_step(q, k, v, i, f, state, reset=reset, eps=eps)
     return mlstm_step_reference(q, k, v, i, f, state, reset=reset, eps=eps)
 
 
 def _check_slstm(wx: Tensor, r_weight: Tensor, bias: Tensor, reset: Tensor | None,
-                 step: bool) -> None:
+                 step: bool, state=None) -> None:
     lead = 1 if step else 2
     if wx.dim() != lead + 3 or wx.shape[lead] != 4:
         want = "[B, 4, H, Dh]" if step else "[B, S, 4, H, Dh]"
@@ -138,6 +154,7 @@ def _check_slstm(wx: Tensor, r_weight: Tensor, bias: Tensor, reset: Tensor | Non
     want_reset = tuple(wx.shape[:lead])
     if reset is not None and tuple(reset.shape) != want_reset:
         raise ValueError(f"reset must be {want_reset} (bool); got {tuple(reset.shape)}")
+    _check_state(state, {key: (wx.shape[0], H, dh) for key in "hcnm"}, "sLSTM")
 
 
 def slstm_sequence(wx: Tensor, r_weight: Tensor, bias: Tensor, *,
@@ -148,7 +165,7 @@ def slstm_sequence(wx: Tensor, r_weight: Tensor, bias: Tensor, *,
     The reference backend runs the fused time loop (one autograd node, hand-written backward),
     checked against the step-by-step definition ``slstm_sequence_reference``.
     """
-    _check_slstm(wx, r_weight, bias, reset, step=False)
+    _check_slstm(wx, r_weight, bias, reset, step=False, state=state)
     if resolve_backend(backend, wx.device) == "triton":
         return _triton_ops().slstm_sequence(wx, r_weight, bias, state=state, reset=reset)
     if wx.shape[1] == 0:
@@ -159,7 +176,7 @@ def slstm_sequence(wx: Tensor, r_weight: Tensor, bias: Tensor, *,
 def slstm_step(wx: Tensor, r_weight: Tensor, bias: Tensor, state: SLSTMState | None, *,
                reset: Tensor | None = None, backend: str = "auto") -> tuple[Tensor, SLSTMState]:
     """One sLSTM step: wx ``[B, 4, H, Dh]`` -> h ``[B, H, Dh]``, new ``(h, c, n, m)``."""
-    _check_slstm(wx, r_weight, bias, reset, step=True)
+    _check_slstm(wx, r_weight, bias, reset, step=True, state=state)
     if resolve_backend(backend, wx.device) == "triton":
         return _triton_ops().slstm_step(wx, r_weight, bias, state, reset=reset)
     return slstm_step_reference(wx, r_weight, bias, state, reset=reset)

@@ -164,7 +164,7 @@ def _exp_branch_fraction(xs, reset) -> float:
 def chunk16_extreme_gates_nan_in_discarded_state():
     """f = -1e3 / +30, i = +-50, resets at t = 0, back to back and at chunk ends; a NaN
     initial state in the rows reset at t = 0 must not reach outputs or gradients. Oracle:
-    the float64 step loop (the chunkwise reference leaks that NaN into gradients)."""
+    the float64 step loop."""
     xs, reset = mlstm_inputs(2, 1, 45, 16, 16, seed=5, resets=[(1, 0), (0, 18), (0, 19),
                                                               (0, 31), (1, 44)], i_std=3.0)
     f, i = xs[4], xs[3]
@@ -177,6 +177,21 @@ def chunk16_extreme_gates_nan_in_discarded_state():
         s[1] = float("nan")
     reset[1, 0] = True
     return compare_chunkwise(xs, reset, chunk=16, oracle="recurrent")
+
+
+@case
+def chunk16_saturated_negative_gates_then_recovery():
+    """i = f = -100 for the first steps from the zero state drive m to -100, where exp(-m)
+    overflows float32 (the normalizer floor is clamped as in the reference); later gates are
+    ordinary. Oracle: the float32 reference, which clamps at the same point."""
+    xs, reset = mlstm_inputs(1, 2, 40, 16, 16, seed=9, state=False)
+    xs[3][:, :, :10] = -100.0
+    xs[4][:, :, :10] = -100.0
+    got = mlstm_run(mlstm_chunkwise, xs, reset, torch.float32, chunk_size=16, backend="triton")
+    ref = mlstm_run(mlstm_chunkwise_reference, xs, reset, torch.float32, chunk_size=16)
+    errs = {name: (rel_err(a, b), F32_TOL) for name, a, b in zip(NAMES, got, ref)}
+    errs["all_finite"] = (0.0 if all(torch.isfinite(x).all() for x in got) else math.inf, 1.0)
+    return errs
 
 
 @case
@@ -287,6 +302,12 @@ def slstm_step_and_sequence_vs_reference():
         h2, s2 = slstm_step_reference(xs[0][:, 0], xs[1], xs[2], xs[3:], reset=reset[:, 0])
     errs["step_h"] = (rel_err(h1, h2), F32_TOL)
     errs["step_c"] = (rel_err(s1[1], s2[1]), F32_TOL)
+    with torch.no_grad():  # zero state, input gate far below the forget gate: h = σ(o) tanh(z)
+        wx = xs[0][:, 0].clone()
+        wx[:, 1] = -1e3
+        h1, _ = slstm_step(wx.float(), xs[1].float(), xs[2].float(), None, backend="triton")
+        h2, _ = slstm_step_reference(wx, xs[1], xs[2], None)
+    errs["step_zero_state_tiny_input_gate"] = (rel_err(h1, h2), F32_TOL)
     return errs
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid
 
-from .mlstm_recurrent import MLSTMState, clear_rows, mlstm_zero_state, state_dtype
+from .mlstm_recurrent import MLSTMState, clear_rows, max_exp_arg, mlstm_zero_state, state_dtype
 
 _PAD_INPUT_GATE = -1e30  # a padded step adds nothing and leaves (C, n, m) unchanged
 
@@ -106,8 +106,8 @@ def _chunk_states(k: Tensor, v: Tensor, logD: Tensor, seg_decay: Tensor, first: 
     init_log = m0[..., None] + decay.cumsum(dim=-1)
     m_end = torch.maximum(torch.where(from_init, init_log, float("-inf")),
                           torch.where(alive, G + m_src[..., None, :], float("-inf")).amax(-1))
-    W = torch.where(alive, torch.exp(G + m_loc[..., None, :] - m_end[..., None]), 0.0)
-    w_init = torch.exp(init_log - m_end)
+    W = torch.exp(torch.where(alive, G + m_loc[..., None, :] - m_end[..., None], float("-inf")))
+    w_init = torch.exp(torch.where(from_init, init_log - m_end, float("-inf")))
     C_end = (W @ C_loc.reshape(B, H, nc, -1)).view(B, H, nc, dk, -1) + torch.where(
         from_init[..., None, None], w_init[..., None, None] * C0[:, :, None], 0.0)
     n_end = W @ n_loc + torch.where(from_init[..., None], w_init[..., None] * n0[:, :, None], 0.0)
@@ -129,7 +129,7 @@ def _chunk_outputs(q: Tensor, k: Tensor, v: Tensor, logD: Tensor, seg_decay: Ten
     qn_in = torch.where(first, w_in * (q @ n0[..., None]).squeeze(-1), 0.0)
     num = scores @ v + num_in
     qn = scores.sum(dim=-1) + qn_in
-    den = torch.maximum(qn.abs(), torch.exp(-m)) + eps
+    den = torch.maximum(qn.abs(), torch.exp((-m).clamp_max(max_exp_arg(m.dtype)))) + eps
     return num / den[..., None]
 
 

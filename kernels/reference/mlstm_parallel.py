@@ -1,8 +1,8 @@
 """Quadratic (fully parallel) mLSTM over the whole sequence: a test oracle, O(S²) memory.
 
 Same map as the recurrent definition (Beck et al. 2024, arXiv:2405.04517, Appendix A.3), written
-independently of the chunkwise code: one ``S × S`` decay matrix from plain prefix sums of
-``logsigmoid(f)``, a segment mask for resets, and a virtual column for the entering state.
+independently of the chunkwise code: one ``S × S`` decay matrix (a masked cumulative sum of
+``logsigmoid(f)`` from ``s + 1`` on), a segment mask for resets, and the entering state's term.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid
 
-from .mlstm_recurrent import MLSTMState, clear_rows, mlstm_zero_state, state_dtype
+from .mlstm_recurrent import MLSTMState, clear_rows, max_exp_arg, mlstm_zero_state, state_dtype
 
 
 def mlstm_parallel(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
@@ -34,23 +34,25 @@ def mlstm_parallel(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
         state = clear_rows(state, reset[:, 0])
     C0, n0, m0 = state
     q, k, v, i = (x.to(sd) for x in (q, k, v, i))
-    b = logsigmoid(f.to(sd)).cumsum(dim=-1)                                 # [B,H,S]
     t = torch.arange(S, device=q.device)
     if reset is None:
         reset = torch.zeros(B, S, dtype=torch.bool, device=q.device)
     seg = reset.cumsum(dim=-1)[:, None]                                     # [B,1,S]
     start = torch.where(reset, t, 0).cummax(dim=-1).values[:, None]         # [B,1,S]
     same = (seg[..., :, None] == seg[..., None, :]) & (t[None, :] <= t[:, None])
-    logD = torch.where(same, b[..., :, None] - b[..., None, :] + i[..., None, :], float("-inf"))
-    b_before_start = b.gather(-1, start.expand(B, H, S)) - logsigmoid(f.to(sd)).gather(
-        -1, start.expand(B, H, S))
+    fl = logsigmoid(f.to(sd))
+    E = torch.where(t[:, None] > t[None, :], fl[..., :, None], 0.0).cumsum(dim=-2)
+    logD = torch.where(same, E + i[..., None, :], float("-inf"))
+    s_idx = start.expand(B, H, S)
     in_first = seg == 0
-    carry = b - b_before_start + torch.where(in_first, m0[..., None], 0.0)
+    carry = (E.gather(-1, s_idx[..., None]).squeeze(-1) + fl.gather(-1, s_idx)
+             + torch.where(in_first, m0[..., None], 0.0))
     m = torch.maximum(carry, logD.amax(dim=-1))
     q = q / math.sqrt(dk)
     scores = (q @ k.transpose(-1, -2)) * torch.exp(logD - m[..., None])
     w_in = torch.where(in_first, torch.exp(carry - m), 0.0)
     num = scores @ v + w_in[..., None] * (q @ C0)
     qn = scores.sum(-1) + w_in * (q @ n0[..., None]).squeeze(-1)
-    h = num / (torch.maximum(qn.abs(), torch.exp(-m)) + eps)[..., None]
+    floor = torch.exp((-m).clamp_max(max_exp_arg(m.dtype)))
+    h = num / (torch.maximum(qn.abs(), floor) + eps)[..., None]
     return h.to(in_dtype)

@@ -22,6 +22,15 @@ from torch import Tensor
 MLSTMState = tuple[Tensor, Tensor, Tensor]
 
 
+def max_exp_arg(dtype: torch.dtype) -> float:
+    """Largest ``x`` with a finite ``exp(x)`` in ``dtype`` (less a margin).
+
+    The normalizer floor ``exp(-m)`` is clamped there: past it the forward already divides by
+    inf (h = 0) but the backward would form ``0 * inf = NaN``.
+    """
+    return math.log(torch.finfo(dtype).max) - 1.0
+
+
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
     """Dtype of the recurrent state for inputs of ``dtype``: float32, or float64 for float64."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -79,7 +88,7 @@ def mlstm_step_reference(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
     q_scaled = (q * (1.0 / math.sqrt(dk))).view(B * H, 1, dk)
     num = torch.bmm(q_scaled, C.view(B * H, dk, dv)).view(B, H, dv)
     qn = torch.bmm(q_scaled, n.view(B * H, dk, 1)).view(B, H)
-    den = torch.maximum(qn.abs(), torch.exp(-m_new)) + eps
+    den = torch.maximum(qn.abs(), torch.exp((-m_new).clamp_max(max_exp_arg(m_new.dtype)))) + eps
     h = num / den[..., None]
     return h.to(in_dtype), (C, n, m_new)
 

@@ -9,8 +9,11 @@ Appendix A.2. Per head, with block-diagonal recurrent weights, pre-activations
     c_t = f' c_{t-1} + i' tanh(z̃_t),   n_t = f' n_{t-1} + i'
     h_t = sigmoid(õ_t) · c_t / n_t
 
-``|c_t| <= n_t`` always holds, so ``c / n`` is bounded; only the zero state (``n = 0``, before any
-input has been written) needs a guard, and ``n`` is floored at a tiny constant for it.
+While nothing has been written (``n_{t-1} = 0``, the zero state) the stabilizer starts at the
+input gate, ``m_t = ĩ_t``: with ``c_{t-1} = n_{t-1} = 0`` every stabilizer gives the same exact
+``h``, and this one keeps ``i' = 1`` from underflowing (``m = 0`` would give ``i' = exp(ĩ)``,
+which is 0 in float for ``ĩ < -104``, and ``h = 0/0``). ``|c_t| <= n_t`` holds after that, and
+``n`` is still floored at a tiny constant for states a user hands in.
 """
 from __future__ import annotations
 
@@ -59,9 +62,10 @@ def slstm_step_reference(wx: Tensor, r_weight: Tensor, bias: Tensor, state: SLST
     pre = wx.to(sd) + torch.einsum("bhd,ghde->bghe", h, r_weight.to(sd)) + bias.to(sd)
     z, i, f, o = pre.unbind(dim=1)
     f_log = logsigmoid(f)
-    m_new = torch.maximum(f_log + m, i)
+    fresh = n == 0
+    m_new = torch.where(fresh, i, torch.maximum(f_log + m, i))
     i_act = torch.exp(i - m_new)
-    f_act = torch.exp(f_log + m - m_new)
+    f_act = torch.exp(torch.where(fresh, float("-inf"), f_log + m - m_new))  # 0 on a zero state
     c = f_act * c + i_act * torch.tanh(z)
     n = f_act * n + i_act
     h = torch.sigmoid(o) * c / n.clamp_min(_N_FLOOR)

@@ -5,7 +5,8 @@ Appendix A.2), run as one ``torch.autograd.Function`` so that a sequence costs o
 instead of ~20 per step. The loop keeps the hidden state head-major (``[H, B, Dh]``) so that the
 block-diagonal recurrent matmul of all four gates is one ``baddbmm`` per step.
 
-The backward is the exact derivative of the reference step, including the tie rule of
+The backward is the exact derivative of the reference step (the zero-state stabilizer start
+included), with the tie rule of
 ``torch.maximum`` (half the gradient to each side when equal) and of ``clamp_min`` (gradient
 passes where ``n >= floor``), so it matches autograd of the reference to rounding.
 """
@@ -43,8 +44,10 @@ class _SLSTMSequence(torch.autograd.Function):
             pres.append(pre)
             z, i, f, o = pre.split(dh, dim=-1)
             f_log = logsigmoid(f)
-            m_new = torch.maximum(f_log + m, i)
-            i_act, f_act = torch.exp(i - m_new), torch.exp(f_log + m - m_new)
+            fresh = n == 0
+            m_new = torch.where(fresh, i, torch.maximum(f_log + m, i))
+            i_act = torch.exp(i - m_new)
+            f_act = torch.exp(torch.where(fresh, float("-inf"), f_log + m - m_new))
             c = f_act * c + i_act * torch.tanh(z)
             n = f_act * n + i_act
             h = torch.sigmoid(o) * c / n.clamp_min(_N_FLOOR)
@@ -77,8 +80,10 @@ def _step_backward(pre: Tensor, r: Tensor, h_prev: Tensor, c_prev: Tensor, n_pre
     z, i, f, o = pre.split(dh_size, dim=-1)
     f_log = logsigmoid(f)
     a = f_log + m_prev
-    m = torch.maximum(a, i)
-    i_act, f_act, tz, so = torch.exp(i - m), torch.exp(a - m), torch.tanh(z), torch.sigmoid(o)
+    fresh = n_prev == 0                                                     # m = i from zero state
+    m = torch.where(fresh, i, torch.maximum(a, i))
+    f_act = torch.exp(torch.where(fresh, float("-inf"), a - m))
+    i_act, tz, so = torch.exp(i - m), torch.tanh(z), torch.sigmoid(o)
     c = f_act * c_prev + i_act * tz
     n = f_act * n_prev + i_act
     n_safe = n.clamp_min(_N_FLOOR)
@@ -90,7 +95,9 @@ def _step_backward(pre: Tensor, r: Tensor, h_prev: Tensor, c_prev: Tensor, n_pre
     d_i_act = dc * tz + dn
     dz = dc * i_act * (1.0 - tz.square())
     gi, gf = d_i_act * i_act, d_f_act * f_act
-    da, di = _max_grad(dm - gi - gf, a, i)
+    dm = dm - gi - gf
+    da, di = _max_grad(dm, a, i)
+    da, di = torch.where(fresh, 0.0, da), torch.where(fresh, dm, di)
     da = da + gf
     di = di + gi
     df = da * torch.sigmoid(-f)

@@ -24,7 +24,7 @@ backward needs besides the chunk states).
 import triton
 import triton.language as tl
 
-from .mlstm_common import chunk_decay, load_chunk_gates
+from .mlstm_common import MAX_EXP_ARG, chunk_decay, load_chunk_gates
 
 
 @triton.jit
@@ -114,7 +114,7 @@ def chunk_out_fwd_kernel(
         qn_in += tl.sum(qt.to(tl.float32) * nv[None, :], axis=1)
     Sm = QK * scale * P
     qn = tl.sum(Sm, axis=1) + tl.where(first, w * scale * qn_in, 0.0)
-    den = tl.maximum(tl.abs(qn), tl.exp(-m)) + eps
+    den = tl.maximum(tl.abs(qn), tl.exp(tl.minimum(-m, MAX_EXP_ARG))) + eps
     for vb in tl.static_range(DVP // BV):
         ov = vb * BV + tl.arange(0, BV)
         mv = valid[:, None] & (ov[None, :] < DV)

@@ -15,6 +15,10 @@ cannot cancel digits elsewhere.
 import triton
 import triton.language as tl
 
+# exp(-m) in the normalizer is taken at min(-m, MAX_EXP_ARG), as the reference does
+# (log(float32 max) - 1): past it exp overflows and the backward would form 0 * inf.
+MAX_EXP_ARG = tl.constexpr(87.72283905206835)
+
 
 @triton.jit
 def logsigmoid(x):

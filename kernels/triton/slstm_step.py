@@ -5,7 +5,7 @@ output units of one head, the four recurrent pre-activations
 ``wx_g + h_{t-1} R[g, head] + b_g`` (gates z, i, f, o; the block-diagonal matmul as ``tl.dot``
 over the head's ``Dh`` inputs) and the pointwise stabilized update:
 
-    m' = max(f̂ + m, ĩ),  i' = exp(ĩ - m'),  f' = exp(f̂ + m - m')
+    m' = max(f̂ + m, ĩ) (ĩ while n = 0),  i' = exp(ĩ - m'),  f' = exp(f̂ + m - m')
     c' = f' c + i' tanh(z̃),  n' = f' n + i',  h' = sigmoid(õ) c' / max(n', 1e-30)
 
 Programs read the whole previous ``h`` of their rows, so the new state goes to new buffers.
@@ -69,9 +69,10 @@ def slstm_step_kernel(
     n = tl.where(keep[:, None], tl.load(n_ptr + off, mask=msk, other=0.0), 0.0)
     m = tl.where(keep[:, None], tl.load(m_ptr + off, mask=msk, other=0.0), 0.0)
     fl = logsigmoid(fg)
-    m_new = tl.maximum(fl + m, ig)
+    fresh = n == 0.0                        # zero state: m starts at the input gate, f' = 0
+    m_new = tl.where(fresh, ig, tl.maximum(fl + m, ig))
     ia = tl.exp(ig - m_new)
-    fa = tl.exp(fl + m - m_new)
+    fa = tl.where(fresh, 0.0, tl.exp(tl.where(fresh, 0.0, fl + m - m_new)))
     c = fa * c + ia * _tanh(z)
     n = fa * n + ia
     h = tl.sigmoid(og) * c / tl.maximum(n, 1e-30)

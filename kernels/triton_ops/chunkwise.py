@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..reference.mlstm_recurrent import max_exp_arg
 from ..triton.mlstm_chunk_bwd import chunk_grads_bwd_kernel, chunk_states_bwd_kernel
 from ..triton.mlstm_chunk_fwd import chunk_out_fwd_kernel, chunk_states_fwd_kernel
 from ._common import (check_chunk_size, check_dtype, check_head_dim, dot_config, next_pow2,
@@ -103,13 +104,15 @@ def _normalizer_grads(cfg: _Cfg, dh: Tensor, h32: Tensor, mt: Tensor, qn: Tensor
     S = cfg.S
     m, qn_s = mt[..., :S], qn[..., :S]
     hh = (dh.float() * h32.float()).sum(-1)
-    e = torch.exp(-m)
+    neg_m, limit = -m, max_exp_arg(torch.float32)
+    unclamped = neg_m <= limit                           # the reference clamps exp's argument
+    e = torch.exp(neg_m.clamp_max(limit))
     aq = qn_s.abs()
     den = torch.maximum(aq, e) + cfg.eps
     wq = torch.where(aq > e, 1.0, torch.where(aq == e, 0.5, 0.0))
     dden = -hh / den
     dqn = dden * wq * torch.sign(qn_s)
-    dmo = -dden * (1.0 - wq) * e - hh - dqn * qn_s
+    dmo = -dden * (1.0 - wq) * torch.where(unclamped, e, 0.0) - hh - dqn * qn_s
     pad = cfg.NC * cfg.L - S
 
     def _pad(x: Tensor, value: float) -> Tensor:
