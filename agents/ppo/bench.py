@@ -1,0 +1,85 @@
+"""Throughput benchmark of recurrent PPO: env-steps/s of collection, update and overall per core.
+
+Example::
+
+    python -c "from xlstm_rl.agents.ppo.bench import bench_ppo; print(bench_ppo('ppo.json'))"
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xlstm_rl.schema import EnvConfig, ModelConfig
+
+from .config import PPOConfig
+from .trainer import PPOTrainer
+
+
+def _bench_core(core: str, env: EnvConfig, ppo: PPOConfig, model: dict[str, Any],
+                iterations: int, warmup: int, device: str) -> dict[str, float]:
+    trainer = PPOTrainer(env, ModelConfig(core=core, **model), ppo, seed=0, device=device)
+    try:
+        for _ in range(warmup):
+            trainer.train_iteration()
+        collect = update = 0.0
+        for _ in range(iterations):
+            metrics = trainer.train_iteration()
+            steps = trainer.steps_per_iteration
+            collect += steps / metrics["perf/collect_sps"]
+            update += steps / metrics["perf/update_sps"]
+        total_steps = trainer.steps_per_iteration * iterations
+        return {"collect_sps": total_steps / collect, "update_sps": total_steps / update,
+                "sps": total_steps / (collect + update),
+                "params": float(sum(p.numel() for p in trainer.policy.parameters()))}
+    finally:
+        trainer.close()
+
+
+def bench_ppo(out_path: str | Path | None, cores: Sequence[str] = ("mlp", "lstm", "mlstm"),
+              env_id: str = "CartPole-v1", num_envs: int = 8, rollout_len: int = 128,
+              epochs: int = 4, minibatches: int = 4, hidden_size: int = 128, seq_len: int = 16,
+              iterations: int = 3, warmup: int = 1, device: str = "cpu",
+              model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Measures PPO env-steps per second for each core and writes them as JSON.
+
+    Args:
+        out_path: JSON file to write (None: don't write).
+        cores: memory cores to compare.
+        env_id, num_envs, rollout_len, epochs, minibatches, seq_len: the PPO setting.
+        hidden_size: width of the core and of the encoder.
+        iterations: measured iterations per core (after ``warmup`` unmeasured ones).
+        device: torch device.
+        model_kwargs: extra :class:`ModelConfig` fields (e.g. ``{"proj_factor": 1.0}``).
+
+    Returns:
+        ``{"config": {...}, "results": {core: {"collect_sps", "update_sps", "sps", "params"}},
+        "relative_to_mlp": {core: sps / mlp sps}}`` (the last only when ``mlp`` is benchmarked).
+    """
+    env = EnvConfig(id=env_id, num_envs=num_envs)
+    ppo = PPOConfig(rollout_len=rollout_len, seq_len=seq_len, epochs=epochs,
+                    minibatches=minibatches)
+    model = {"hidden_size": hidden_size, "encoder_hidden": hidden_size, **(model_kwargs or {})}
+    start = time.perf_counter()
+    results = {core: _bench_core(core, env, ppo, model, iterations, warmup, device)
+               for core in cores}
+    out: dict[str, Any] = {
+        "config": {"env_id": env_id, "num_envs": num_envs, "rollout_len": rollout_len,
+                   "seq_len": seq_len, "epochs": epochs, "minibatches": minibatches,
+                   "model": model, "iterations": iterations, "device": device,
+                   "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                   "machine": platform.machine(), "seconds": time.perf_counter() - start},
+        "results": results,
+    }
+    if "mlp" in results:
+        base = results["mlp"]["sps"]
+        out["relative_to_mlp"] = {core: r["sps"] / base for core, r in results.items()}
+    if out_path is not None:
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_path).write_text(json.dumps(out, indent=2))
+    return out

@@ -1,0 +1,272 @@
+"""Recurrent PPO trainer: collect with stored states, update on minibatches of whole chunks.
+
+Resume: :meth:`PPOTrainer.state_dict` holds only tensors, python scalars and strings in
+nested dicts with string keys (safetensors-friendly after flattening), including an env
+snapshot (:meth:`PPOTrainer.env_snapshot`): every sub-env is wrapped in
+:class:`~xlstm_rl.agents.ppo.replay.EpisodeReplay`, so its internal state is rebuilt by
+reseeding the current episode and replaying its actions (:meth:`PPOTrainer.restore_envs`).
+A trainer built with the same configs and seed, then given ``load_state_dict``, continues
+exactly as the saved one would have (on CPU).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from xlstm_rl.envs import make_vec_env
+from xlstm_rl.logging import MetricLogger
+from xlstm_rl.networks import ActorCritic, is_image
+from xlstm_rl.schema import EnvConfig, ModelConfig
+
+from .buffer import RolloutBuffer
+from .collect import EpisodeStats, RolloutCollector
+from .config import PPOConfig
+from .evaluate import evaluate_policy
+from .loss import explained_variance, normalize, ppo_loss
+from .obs_norm import ObsNormalizer
+from .replay import EpisodeReplay, restore_envs, snapshot_envs
+from .state import (env_snapshot_from_state, env_snapshot_to_state, optimizer_from_state,
+                    optimizer_to_state, rng_from_state, rng_to_state)
+
+
+def build_envs(env: EnvConfig, seed: int):
+    """The training vector env (same-step autoreset, :class:`EpisodeReplay` outermost)."""
+    wrappers = (*env.wrappers, EpisodeReplay)
+    return make_vec_env(env.id, env.num_envs, vectorization=env.vectorization, seed=seed,
+                        wrappers=wrappers, autoreset_mode="same_step", **dict(env.kwargs))
+
+
+class PPOTrainer:
+    """Recurrent PPO on one vector env.
+
+    Args:
+        env, model, ppo: configurations (``model.chunk_size`` is capped at ``ppo.seq_len``,
+            which changes no parameter, only the mLSTM's chunking).
+        seed: seeds torch, numpy, the envs (sub-env ``j`` gets ``seed + j``) and the shuffles.
+        device: torch device of the network.
+        logger: optional :class:`MetricLogger`; every iteration's metrics are logged to it.
+
+    Attributes:
+        policy: the :class:`ActorCritic`.
+        global_step: env steps collected so far (all envs together).
+        iteration: completed collect+update iterations.
+    """
+
+    def __init__(self, env: EnvConfig, model: ModelConfig, ppo: PPOConfig, *, seed: int = 0,
+                 device: str | torch.device = "cpu", logger: MetricLogger | None = None) -> None:
+        self.env_cfg, self.model_cfg, self.cfg = env, model, ppo
+        self.seed, self.device, self.logger = int(seed), torch.device(device), logger
+        torch.manual_seed(self.seed)
+        np.random.seed(self.seed % 2**32)
+        self.envs = build_envs(env, self.seed)
+        obs_space = self.envs.single_observation_space
+        if model.chunk_size > ppo.seq_len:  # training sequences are never longer than seq_len
+            model = dataclasses.replace(model, chunk_size=ppo.seq_len)
+        self.model_cfg = model
+        self.policy = ActorCritic(obs_space, self.envs.single_action_space, model).to(self.device)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=ppo.lr, eps=ppo.adam_eps,
+                                          foreach=True)
+        self.generator = torch.Generator().manual_seed(self.seed)  # minibatch shuffles
+        self.action_generator = torch.Generator(self.device).manual_seed(self.seed + 1)
+        self.normalizer = self._make_normalizer(obs_space) if ppo.normalize_obs else None
+        self.collector = RolloutCollector(self.envs, self.policy, self.normalizer,
+                                          ppo.reward_scale, self.device, self.action_generator)
+        self.collector.reset(seed=self.seed)
+        self.global_step, self.iteration, self.total_steps = 0, 0, 0
+
+    def _make_normalizer(self, space) -> ObsNormalizer:
+        import gymnasium as gym
+
+        if not isinstance(space, gym.spaces.Box) or is_image(space):
+            raise ValueError(f"normalize_obs needs a non-image Box observation space, got {space}")
+        return ObsNormalizer(space.shape, clip=self.cfg.obs_clip)
+
+    @property
+    def steps_per_iteration(self) -> int:
+        """Env steps per iteration: ``rollout_len * num_envs``."""
+        return self.cfg.rollout_len * self.envs.num_envs
+
+    def learning_rate(self) -> float:
+        """Learning rate of the next iteration (linear anneal over ``total_steps``)."""
+        if not self.cfg.anneal_lr or self.total_steps <= 0:
+            return self.cfg.lr
+        num_iterations = max(1, math.ceil(self.total_steps / self.steps_per_iteration))
+        return self.cfg.lr * max(0.0, 1.0 - self.iteration / num_iterations)
+
+    def train(self, total_steps: int, callback: Callable[[dict[str, float]], Any] | None = None
+              ) -> list[dict[str, float]]:
+        """Runs iterations until ``global_step >= total_steps``.
+
+        Args:
+            total_steps: env-step budget (also the horizon of the LR anneal).
+            callback: called with each iteration's metrics; returning ``False`` stops early.
+
+        Returns:
+            The metrics of every iteration run by this call.
+        """
+        self.total_steps = int(total_steps)
+        history = []
+        while self.global_step < self.total_steps:
+            metrics = self.train_iteration()
+            history.append(metrics)
+            if callback is not None and callback(metrics) is False:
+                break
+        return history
+
+    def train_iteration(self) -> dict[str, float]:
+        """One collect + update. Returns the iteration's metrics (see ``xlstm_rl.logging``)."""
+        lr = self.learning_rate()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        t0 = time.perf_counter()
+        self.policy.eval()
+        buffer, episodes = self.collector.collect(self.cfg.rollout_len, self.cfg.seq_len)
+        t1 = time.perf_counter()
+        buffer.compute_advantages(self.cfg.gamma, self.cfg.gae_lambda)
+        self.policy.train()
+        update = self._update(buffer)
+        t2 = time.perf_counter()
+        self.global_step += self.steps_per_iteration
+        self.iteration += 1
+        steps = self.steps_per_iteration
+        metrics = {**episodes.summary(), **update, "ppo/learning_rate": lr,
+                   "perf/sps": steps / (t2 - t0), "perf/collect_sps": steps / (t1 - t0),
+                   "perf/update_sps": steps / (t2 - t1),
+                   "global_step": float(self.global_step), "iteration": float(self.iteration)}
+        if self.logger is not None:
+            self.logger.log(metrics, self.global_step)
+        return metrics
+
+    def _minibatch_step(self, batch, states) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        log_prob, entropy, value, _ = self.policy.evaluate(batch["obs"], states, batch["reset"],
+                                                           batch["action"])
+        adv = normalize(batch["advantage"]) if cfg.norm_adv else batch["advantage"]
+        loss, stats = ppo_loss(log_prob, batch["log_prob"], adv, value, batch["value"],
+                               batch["return"], entropy, clip_coef=cfg.clip_coef,
+                               clip_value_loss=cfg.clip_value_loss, vf_coef=cfg.vf_coef,
+                               ent_coef=cfg.ent_coef)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        stats["ppo/grad_norm"] = nn.utils.clip_grad_norm_(self.policy.parameters(),
+                                                          cfg.max_grad_norm)
+        self.optimizer.step()
+        return stats
+
+    def _update(self, buffer: RolloutBuffer) -> dict[str, float]:
+        """``epochs`` passes of minibatch updates (optional state refresh / KL early stop)."""
+        cfg, sums, count, epochs_run = self.cfg, {}, 0, 0
+        for epoch in range(cfg.epochs):
+            if epoch > 0 and cfg.refresh_states:
+                buffer.refresh_states(self.policy)
+            kls = []
+            for batch, states in buffer.minibatches(cfg.minibatches, self.generator):
+                stats = self._minibatch_step(batch, states)
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0.0) + float(value)
+                kls.append(float(stats["ppo/approx_kl"]))
+                count += 1
+            epochs_run += 1
+            if cfg.target_kl is not None and float(np.mean(kls)) > cfg.target_kl:
+                break
+        out = {key: value / count for key, value in sums.items()}
+        data = buffer.data
+        out["ppo/explained_variance"] = explained_variance(data["value"], data["return"])
+        out["ppo/epochs"] = float(epochs_run)
+        return out
+
+    def evaluate(self, episodes: int, deterministic: bool = True, env_id: str | None = None,
+                 num_envs: int | None = None, seed: int | None = None) -> dict[str, float]:
+        """Runs ``episodes`` episodes with the current policy on fresh envs (no learning).
+
+        Args:
+            episodes: number of episodes to finish.
+            deterministic: act with the distribution's mode.
+            env_id: another env id (default: the training env with its kwargs and wrappers).
+            num_envs: parallel envs (default ``min(episodes, 16)``).
+            seed: env seed (default ``seed + 10_000``).
+
+        Returns:
+            ``mean_return, std_return, min_return, max_return, mean_length, episodes`` and
+            ``success_rate`` when the env reports ``success``.
+        """
+        if env_id is None or env_id == self.env_cfg.id:
+            env = self.env_cfg
+        else:
+            env = EnvConfig(id=env_id, num_envs=1)
+        n = num_envs if num_envs is not None else min(int(episodes), 16)
+        envs = make_vec_env(env.id, n, seed=None, wrappers=env.wrappers,
+                            autoreset_mode="same_step", **dict(env.kwargs))
+        try:
+            with torch.random.fork_rng(devices=[]):
+                return evaluate_policy(self.policy, envs, episodes, deterministic=deterministic,
+                                       seed=self.seed + 10_000 if seed is None else seed,
+                                       normalizer=self.normalizer, device=self.device)
+        finally:
+            envs.close()
+
+    def env_snapshot(self) -> dict[str, dict[str, Any]]:
+        """State of every training sub-env as ``{"0": {"base_seed", "episode", "actions"}, ...}``
+        (tensors and ints): enough to rebuild them with :meth:`restore_envs`."""
+        return env_snapshot_to_state(snapshot_envs(self.envs))
+
+    def restore_envs(self, snapshot: dict[str, dict[str, Any]]) -> None:
+        """Rebuilds the training sub-envs' internal state from :meth:`env_snapshot`."""
+        restore_envs(self.envs, env_snapshot_from_state(snapshot, self.envs.num_envs))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly, as nested dicts of tensors / scalars / strings."""
+        col = self.collector
+        obs = col.obs.clone()
+        obs = obs.to_dict() if hasattr(obs, "to_dict") else obs
+        return {
+            "model": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
+            "optimizer": optimizer_to_state(self.optimizer),
+            "rng": rng_to_state(self.generator, self.action_generator),
+            "obs_norm": {} if self.normalizer is None else self.normalizer.state_dict(),
+            "collector": {"obs": obs, "state": col.state.clone().to_dict(),
+                          "reset": col.reset_flags.clone(),
+                          "ep_return": torch.tensor(col.ep_return),
+                          "ep_length": torch.tensor(col.ep_length)},
+            "envs": self.env_snapshot(),
+            "counters": {"global_step": self.global_step, "iteration": self.iteration,
+                         "total_steps": self.total_steps, "seed": self.seed},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores a :meth:`state_dict` (same configs). Also restores the envs."""
+        self.policy.load_state_dict(state["model"])
+        optimizer_from_state(self.optimizer, state["optimizer"])
+        rng_from_state(self.generator, self.action_generator, state["rng"])
+        if self.normalizer is not None:
+            self.normalizer.load_state_dict(state["obs_norm"])
+        self._load_collector(state["collector"])
+        self.restore_envs(state["envs"])
+        counters = state["counters"]
+        self.global_step, self.iteration = int(counters["global_step"]), int(counters["iteration"])
+        self.total_steps = int(counters["total_steps"])
+
+    def _load_collector(self, saved: dict[str, Any]) -> None:
+        from tensordict import TensorDict
+
+        col, n = self.collector, self.envs.num_envs
+        obs = saved["obs"]
+        col.obs = (TensorDict(obs, batch_size=[n]).to(self.device) if isinstance(obs, dict)
+                   else obs.to(self.device))
+        template = self.policy.initial_state(n, self.device)
+        template.update(TensorDict(saved["state"], batch_size=[n]).to(self.device))
+        col.state = template
+        col.reset_flags = saved["reset"].to(self.device, torch.bool)
+        col.ep_return[:] = saved["ep_return"].numpy()
+        col.ep_length[:] = saved["ep_length"].numpy()
+
+    def close(self) -> None:
+        """Closes the envs (and nothing else: the logger belongs to the caller)."""
+        self.envs.close()

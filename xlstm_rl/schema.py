@@ -1,0 +1,125 @@
+"""Run configuration shared by the agents and the CLI: environment and model dataclasses.
+
+Configs are frozen dataclasses of plain fields (int, float, str, bool, tuple, dict) so that a
+YAML file maps onto them one to one. Lists read from YAML are turned into tuples on
+construction; :func:`config_to_dict` / :func:`config_from_dict` round-trip a config through
+plain dicts (``yaml.safe_dump``-able: tuples become lists).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists, dicts recursively, so ``yaml.safe_dump`` accepts the value."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def _tupled(value: Any) -> Any:
+    """Lists -> tuples, recursively (dicts inside are kept as dicts)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_tupled(v) for v in value)
+    return value
+
+
+def freeze_tuple_fields(config: Any) -> None:
+    """In ``__post_init__`` of a frozen dataclass: store tuple-typed fields given as lists as tuples."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, list):
+            object.__setattr__(config, f.name, _tupled(value))
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass as a plain dict (tuples as lists), ready for ``yaml.safe_dump``."""
+    return {f.name: _plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def config_from_dict(cls: type[C], data: dict[str, Any] | None) -> C:
+    """Builds ``cls(**data)``; an unknown key raises a one-line ValueError with a close match."""
+    data = dict(data or {})
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], names, n=1)
+        extra = f"; did you mean {hint[0]!r}?" if hint else ""
+        raise ValueError(f"unknown {cls.__name__} field {unknown[0]!r}{extra}")
+    return cls(**data)
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Which environment to train on and how to vectorize it."""
+
+    id: str = "xlstm_rl/TMaze-v0"
+    """Registered gymnasium id (or ``"module:EnvId"``), e.g. ``CartPole-v1``."""
+    num_envs: int = 8
+    """Number of parallel sub-environments."""
+    vectorization: str = "sync"
+    """``"sync"`` (one process) or ``"async"`` (one subprocess per sub-environment)."""
+    wrappers: tuple = ()
+    """Wrapper specs applied to every sub-env, innermost first: dotted paths or
+    ``{"name": path, "kwargs": {...}}`` dicts (see ``xlstm_rl.envs.wrappers``)."""
+    kwargs: dict = field(default_factory=dict)
+    """Keyword arguments for ``gymnasium.make`` (e.g. ``{"corridor_length": 10}``)."""
+
+    def __post_init__(self) -> None:
+        freeze_tuple_fields(self)
+        if int(self.num_envs) < 1:
+            raise ValueError(f"num_envs must be >= 1, got {self.num_envs}")
+        if self.vectorization not in ("sync", "async"):
+            raise ValueError(f"vectorization must be 'sync' or 'async', got {self.vectorization!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Actor-critic network: encoder -> memory core -> policy and value heads."""
+
+    core: str = "mlstm"
+    """Memory core: ``mlstm | slstm | xlstm | lstm | gru | mlp`` (see ``xlstm_rl.cores``)."""
+    hidden_size: int = 128
+    """Width of the core (its output feeds the heads)."""
+    num_heads: int = 4
+    """Heads of the mLSTM / sLSTM cells (must divide ``hidden_size``)."""
+    pattern: str = "m"
+    """Block pattern of the ``xlstm`` core, e.g. ``"msm"`` (mlstm/slstm force ``m``/``s``)."""
+    proj_factor: float = 2.0
+    """Up-projection factor of the mLSTM block."""
+    conv_kernel: int = 4
+    """Causal-convolution length inside the mLSTM block."""
+    ffn_factor: float = 4.0 / 3.0
+    """Width factor of the gated MLP inside the sLSTM block."""
+    chunk_size: int = 64
+    """Chunk length of the chunkwise-parallel mLSTM in training (PPO caps it at its seq_len)."""
+    forget_bias_range: tuple = (3.0, 6.0)
+    """Forget-gate biases are spread over this range at initialization (long memory)."""
+    backend: str = "auto"
+    """Kernel backend: ``auto``, ``reference`` or ``triton``."""
+    encoder_hidden: int = 128
+    """Width of the MLP encoder layers for vector observations (and of the CNN's output)."""
+    encoder_layers: int = 1
+    """Hidden layers of the MLP encoder (0: vector observations go to the core unchanged)."""
+    cnn_channels: tuple = (16, 32, 32)
+    """Channels of the image encoder's conv layers (kernel 3, stride 2 each)."""
+    shared_core: bool = True
+    """True: one encoder+core feeds both heads; False: separate encoder+core for the value."""
+    init_log_std: float = 0.0
+    """Initial log standard deviation of the Gaussian head (Box actions)."""
+
+    def __post_init__(self) -> None:
+        freeze_tuple_fields(self)
+
+    def core_kwargs(self) -> dict[str, Any]:
+        """The fields that ``xlstm_rl.cores.make_core`` takes, by name."""
+        from xlstm_rl.cores import CoreConfig
+
+        return {name: getattr(self, name) for name in CoreConfig.field_names()}
