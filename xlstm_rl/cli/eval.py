@@ -1,0 +1,157 @@
+"""``xlstm-rl eval``: run a trained policy for N episodes and report return statistics."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xlstm_rl.cli.errors import UserError, as_user_error, check_device
+
+
+def run_episodes(policy: Any, envs: Any, episodes: int, *, deterministic: bool = True,
+                 seed: int | None = None) -> dict[str, float]:
+    """Runs ``policy`` on a vector env until ``episodes`` episodes have ended.
+
+    Sub-env ``i`` contributes ``(episodes + i) // num_envs`` episodes, so short episodes are
+    not over-represented.
+
+    Args:
+        policy: A :class:`xlstm_rl.policy.Policy`.
+        envs: A vector env with ``autoreset_mode="same_step"``.
+        episodes: Number of episodes.
+        deterministic: Act with the most likely action.
+        seed: Seed of ``envs.reset`` and of the action sampling.
+
+    Returns:
+        ``mean/std/min/max`` of ``return`` and ``length`` (keys ``mean_return``, ...),
+        ``episodes`` and, when the env reports ``success``, ``success_rate``.
+    """
+    import torch
+
+    from xlstm_rl.envs import episode_success
+
+    n = envs.num_envs
+    quota = np.array([(episodes + i) // n for i in range(n)])
+    taken = np.zeros(n, dtype=np.int64)
+    ep_ret, ep_len = np.zeros(n), np.zeros(n, dtype=np.int64)
+    returns, lengths, successes = [], [], []
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        obs, _ = envs.reset(seed=seed)
+        state, reset = policy.initial_state(n), np.ones(n, dtype=bool)
+        while (taken < quota).any():
+            action, state = policy.act(obs, state, reset, deterministic=deterministic)
+            obs, reward, term, trunc, infos = envs.step(action)
+            reset = np.asarray(term, bool) | np.asarray(trunc, bool)
+            ep_ret += np.asarray(reward, np.float64)
+            ep_len += 1
+            success = episode_success(infos, n)
+            for i in np.flatnonzero(reset & (taken < quota)):
+                returns.append(ep_ret[i])
+                lengths.append(ep_len[i])
+                successes.append(success[i])
+                taken[i] += 1
+            ep_ret[reset], ep_len[reset] = 0.0, 0
+    out: dict[str, float] = {"episodes": float(len(returns))}
+    for name, values in (("return", returns), ("length", lengths)):
+        arr = np.asarray(values, dtype=np.float64)
+        out.update({f"mean_{name}": float(arr.mean()), f"std_{name}": float(arr.std()),
+                    f"min_{name}": float(arr.min()), f"max_{name}": float(arr.max())})
+    reported = [s for s in successes if not math.isnan(s)]
+    if reported:
+        out["success_rate"] = float(np.mean(reported))
+    return out
+
+
+def _video_wrapper(folder: str, env_id: str, episodes: int) -> dict[str, Any]:
+    from xlstm_rl.envs import make_env
+
+    if importlib.util.find_spec("moviepy") is None:
+        raise UserError("--video needs moviepy: pip install 'xlstm-rl[video]'")
+    with as_user_error():
+        probe = make_env(env_id)
+    modes = list(probe.metadata.get("render_modes", []))
+    probe.close()
+    if "rgb_array" not in modes:
+        raise UserError(f"--video needs an env that renders rgb_array frames; {env_id} renders "
+                        f"{', '.join(modes) or 'nothing'}")
+    return {"name": "gymnasium.wrappers.RecordVideo",
+            "kwargs": {"video_folder": str(folder), "episode_trigger": lambda e: e < episodes,
+                       "name_prefix": "eval", "disable_logger": True}}
+
+
+def _make_envs(policy: Any, args: argparse.Namespace) -> tuple[Any, str]:
+    from xlstm_rl.envs import make_vec_env
+
+    env = policy.config.env
+    env_id, wrappers, kwargs = env.id, list(env.wrappers), dict(env.kwargs)
+    if args.env is not None and args.env != env.id:
+        env_id, wrappers, kwargs = args.env, [], {}
+    num_envs = args.num_envs or min(args.episodes, env.num_envs)
+    if args.video:
+        wrappers.append(_video_wrapper(args.video, env_id, args.episodes))
+        kwargs["render_mode"] = "rgb_array"
+        num_envs = 1
+    if num_envs < 1:
+        raise UserError(f"--num-envs must be >= 1, got {num_envs}")
+    with as_user_error():
+        envs = make_vec_env(env_id, num_envs, wrappers=wrappers, autoreset_mode="same_step",
+                            **kwargs)
+    for what, have, want in (("observation", envs.single_observation_space,
+                              policy.observation_space),
+                             ("action", envs.single_action_space, policy.action_space)):
+        if have != want:
+            envs.close()
+            raise UserError(f"{env_id} has {what} space {have}, but the policy was trained on "
+                            f"{want}")
+    return envs, env_id
+
+
+def _print(result: dict[str, float], header: str) -> None:
+    print(header)
+    print(f"return  mean {result['mean_return']:.4g}  std {result['std_return']:.4g}  "
+          f"min {result['min_return']:.4g}  max {result['max_return']:.4g}")
+    print(f"length  mean {result['mean_length']:.4g}  std {result['std_length']:.4g}  "
+          f"min {result['min_length']:.0f}  max {result['max_length']:.0f}")
+    if "success_rate" in result:
+        print(f"success rate {result['success_rate']:.3f}")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Runs ``xlstm-rl eval``; see :func:`xlstm_rl.cli.build_parser`.
+
+    Returns:
+        0 on success.
+    """
+    from xlstm_rl.checkpoint import load_checkpoint
+    from xlstm_rl.policy import policy_from_checkpoint
+    from xlstm_rl.rundir import find_checkpoint
+
+    if args.episodes < 1:
+        raise UserError(f"--episodes must be >= 1, got {args.episodes}")
+    ckpt = load_checkpoint(find_checkpoint(args.source))
+    policy = policy_from_checkpoint(ckpt, device=check_device(args.device))
+    envs, env_id = _make_envs(policy, args)
+    try:
+        result = run_episodes(policy, envs, args.episodes, deterministic=not args.stochastic,
+                              seed=args.seed)
+    finally:
+        envs.close()
+    mode = "stochastic" if args.stochastic else "deterministic"
+    step = ckpt.extra.get("global_step")
+    at = f" (step {step})" if step is not None else ""
+    _print(result, f"{ckpt.path}{at} on {env_id}: {int(result['episodes'])} episodes, {mode}")
+    if args.json:
+        summary = {"checkpoint": str(ckpt.path), "global_step": step, "env_id": env_id,
+                   "deterministic": not args.stochastic, "seed": args.seed, **result}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    if args.video:
+        print(f"videos: {args.video}")
+    return 0

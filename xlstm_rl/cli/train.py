@@ -1,0 +1,172 @@
+"""``xlstm-rl train``: train from a config, log, checkpoint, evaluate; resume after interrupts.
+
+SIGINT (Ctrl-C) or SIGTERM stops the run after the current iteration: the state is written to
+``checkpoints/latest.safetensors`` and the command exits with 130 (SIGINT) or 143 (SIGTERM).
+A second Ctrl-C aborts at once, without a checkpoint. ``--resume RUN_DIR`` continues from the
+latest checkpoint: network, optimizer, RNG states, step counters, observation normalization
+and the environments (each rebuilt by reseeding its episode and replaying its actions), so
+on CPU with the same seed the resumed run matches an uninterrupted one exactly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from xlstm_rl.cli.errors import UserError, as_user_error, check_device
+from xlstm_rl.cli.progress import TrainProgress, restore_trainer, training_spaces
+from xlstm_rl.config import RunConfig, load_config, save_config
+from xlstm_rl.rundir import (CONFIG_FILE, EVAL_FILE, METRICS_FILE, TB_DIR, check_new_run_dir,
+                             checkpoint_path, default_run_dir, prepare_new_run_dir)
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopFlag:
+    """Turns SIGINT / SIGTERM into a flag checked between iterations (main thread only)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: abort now
+        self.signum = signum
+        from tqdm import tqdm
+
+        tqdm.write(f"{signal.Signals(signum).name}: stopping after this iteration and writing "
+                   "a checkpoint (Ctrl-C again aborts without one)")
+
+    def __enter__(self) -> "StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in _SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
+def _overrides(args: argparse.Namespace, base: RunConfig | None = None) -> list[str]:
+    """``--set`` items plus the shortcut flags; ``--env`` to another id also clears
+    ``env.kwargs`` (the config's env kwargs belong to its env)."""
+    items = list(args.overrides)
+    if args.env is not None and (base is None or args.env != base.env.id):
+        items.insert(0, "env.kwargs={}")
+    for flag, key in (("env", "env.id"), ("total_steps", "train.total_steps"),
+                      ("seed", "train.seed"), ("device", "train.device")):
+        value = getattr(args, flag)
+        if value is not None:
+            items.append(f"{key}={json.dumps(value)}")
+    return items
+
+
+def _resolve(args: argparse.Namespace) -> tuple[RunConfig, Path, Path | None]:
+    """The config, the run directory and (on resume) the checkpoint to continue from."""
+    if args.resume is not None:
+        for flag, value in (("--run-dir", args.run_dir), ("--overwrite", args.overwrite)):
+            if value:
+                raise UserError(f"{flag} cannot be combined with --resume")
+        run_dir = Path(args.resume)
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise UserError(f"cannot resume {run_dir}: not a run directory (no {CONFIG_FILE})")
+        latest = checkpoint_path(run_dir, "latest")
+        if not latest.is_file():
+            raise UserError(f"cannot resume {run_dir}: it has no checkpoints/latest.safetensors")
+        source = args.config or run_dir / CONFIG_FILE
+        config, _ = load_config(source, _overrides(args, load_config(source)[0]))
+        return config, run_dir, latest
+    config, name = load_config(args.config, _overrides(args, load_config(args.config)[0]))
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(name)
+    check_new_run_dir(run_dir, overwrite=args.overwrite)  # before any work: fail fast
+    return config, run_dir, None
+
+
+def _check_resumable(config: RunConfig, saved: dict[str, Any], path: Path) -> None:
+    """The env and model sections must equal those the checkpoint was trained with."""
+    from xlstm_rl.typed import to_data
+
+    now = to_data(config)
+    for section in ("env", "model"):
+        for key, value in now[section].items():
+            old = saved.get(section, {}).get(key)
+            if old != value:
+                raise UserError(f"cannot resume from {path}: config key '{section}.{key}' is "
+                                f"{value!r} but the checkpoint was trained with {old!r} "
+                                "(the architecture or environment would not match)")
+
+
+def _build_trainer(config: RunConfig) -> Any:
+    """The ``PPOTrainer`` of ``config``; bad env ids, kwargs or spaces become user errors."""
+    import torch
+    from gymnasium.error import Error as GymError
+
+    from xlstm_rl.agents.ppo import PPOTrainer
+
+    device = check_device(config.train.resolved_device())
+    if config.train.torch_threads is not None:
+        torch.set_num_threads(config.train.torch_threads)
+    with as_user_error(types=(ValueError, TypeError, GymError)):
+        return PPOTrainer(config.env, config.model, config.ppo, seed=config.train.seed,
+                          device=device)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Runs ``xlstm-rl train``; see :func:`xlstm_rl.cli.build_parser`.
+
+    Nothing in the run directory changes until the config, the environment, the network and
+    (on resume) the checkpoint have all been checked.
+
+    Returns:
+        0 when training completed, 130 / 143 when interrupted by SIGINT / SIGTERM.
+    """
+    from xlstm_rl.checkpoint import load_checkpoint
+
+    config, run_dir, resume_from = _resolve(args)
+    ckpt = None
+    if resume_from is not None:
+        ckpt = load_checkpoint(resume_from)
+        _check_resumable(config, ckpt.config, resume_from)
+    trainer = _build_trainer(config)
+    try:
+        spaces = training_spaces(trainer)
+        run_state = restore_trainer(trainer, ckpt) if ckpt is not None else None
+        if ckpt is None:
+            prepare_new_run_dir(run_dir, overwrite=args.overwrite)
+        save_config(config, run_dir / CONFIG_FILE)
+        progress = TrainProgress(trainer, config, run_dir, spaces, run_state=run_state,
+                                 show_bar=not args.no_progress)
+        return _train(progress, config, run_dir)
+    finally:
+        trainer.close()
+
+
+def _train(progress: TrainProgress, config: RunConfig, run_dir: Path) -> int:
+    action = "resuming" if progress.trainer.global_step else "training"
+    print(f"{action} {config.model.core} on {config.env.id}; run directory: {run_dir}",
+          flush=True)
+    with StopFlag() as stop:
+        with progress:
+            code = progress.run(stop)
+            summary = None if code else progress.finish()
+    if summary is None:
+        print(f"interrupted at step {progress.trainer.global_step}; checkpoint written. "
+              f"Resume with: xlstm-rl train --resume {run_dir}", flush=True)
+        return code
+    _print_summary(summary, run_dir)
+    return 0
+
+
+def _print_summary(summary: dict[str, float], run_dir: Path) -> None:
+    parts = [f"return {summary['mean_return']:.3f} +- {summary['std_return']:.3f}",
+             f"length {summary['mean_length']:.1f}"]
+    if "success_rate" in summary and not math.isnan(summary["success_rate"]):
+        parts.append(f"success {summary['success_rate']:.3f}")
+    print(f"final evaluation ({int(summary['episodes'])} episodes): {', '.join(parts)}")
+    print(f"run directory: {run_dir}  (checkpoints/, {EVAL_FILE}, {METRICS_FILE}, {TB_DIR}/)")

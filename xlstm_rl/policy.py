@@ -1,0 +1,213 @@
+"""Trained policies for your own code: ``load_policy(path)`` and the :class:`Policy` it returns.
+
+Example::
+
+    import gymnasium as gym
+    import xlstm_rl
+
+    policy = xlstm_rl.load_policy("runs/ppo-mlstm-tmaze-20250101-120000")  # or a .safetensors
+    env = gym.make(policy.env_id, **policy.env_kwargs)  # xlstm_rl/* ids are registered by now
+    obs, _ = env.reset(seed=0)
+    state = policy.initial_state(1)
+    done = False
+    while not done:
+        action, state = policy.act(obs[None], state)          # batch of one
+        obs, reward, terminated, truncated, _ = env.step(action[0])
+        done = terminated or truncated
+
+Observations go in batched (``[n, ...]`` numpy arrays or tensors, as a gymnasium vector env
+returns them); actions come out as a numpy batch ready for ``VectorEnv.step``. The recurrent
+state is a ``tensordict.TensorDict`` with batch ``[n]``; pass ``reset[i] = True`` when env
+``i`` starts a new episode (its state is zeroed before the observation is processed).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from tensordict import TensorDict
+
+from xlstm_rl.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from xlstm_rl.config import RunConfig
+from xlstm_rl.spaces import SpaceError, space_from_json
+from xlstm_rl.typed import ConfigError
+
+__all__ = ["Policy", "check_weights", "load_policy", "policy_from_checkpoint"]
+
+
+class Policy:
+    """A trained actor-critic ready to act, with its observation normalization.
+
+    Args:
+        network: The ``ActorCritic`` network.
+        observation_space: Single-env observation space.
+        action_space: Single-env action space.
+        config: The run config the policy was trained with.
+        normalizer: Observation normalizer (None when the run did not normalize).
+        device: Torch device of the network.
+
+    Attributes:
+        network, observation_space, action_space, config, normalizer, device: As given.
+    """
+
+    def __init__(self, network: torch.nn.Module, observation_space: spaces.Space,
+                 action_space: spaces.Space, config: RunConfig, normalizer: Any = None,
+                 device: str | torch.device = "cpu") -> None:
+        self.network = network.eval()
+        self.observation_space, self.action_space = observation_space, action_space
+        self.config, self.normalizer, self.device = config, normalizer, torch.device(device)
+
+    @property
+    def env_id(self) -> str:
+        """Id of the training env without a ``module:`` prefix (for ``gymnasium.make``; loading
+        a policy imports no module named in its file: import yours before ``gym.make``)."""
+        return self.config.env.id.rpartition(":")[2]
+
+    @property
+    def env_kwargs(self) -> dict[str, Any]:
+        """The ``gymnasium.make`` keyword arguments of the training env."""
+        return dict(self.config.env.kwargs)
+
+    def initial_state(self, n: int = 1) -> TensorDict:
+        """Zero recurrent state for ``n`` envs (TensorDict, batch ``[n]``)."""
+        return self.network.initial_state(int(n), self.device)
+
+    def _obs(self, obs: Any) -> Any:
+        from xlstm_rl.networks import obs_to_torch
+
+        if isinstance(obs, torch.Tensor):
+            obs = obs.detach().cpu().numpy()
+        x = obs_to_torch(obs, self.observation_space, self.device)
+        return x if self.normalizer is None else self.normalizer(x)
+
+    @torch.no_grad()
+    def act(self, obs: Any, state: TensorDict | None = None, reset: Any = None,
+            deterministic: bool = True) -> tuple[np.ndarray, TensorDict]:
+        """Chooses actions for a batch of observations.
+
+        Args:
+            obs: Batched observations ``[n, ...]`` (numpy or torch; dict / tuple of arrays for
+                Dict / Tuple spaces).
+            state: Recurrent state from :meth:`initial_state` or the previous call; None
+                starts fresh (zero state).
+            reset: ``[n]`` booleans, True where an episode starts at this observation
+                (default: none; a fresh state needs no reset).
+            deterministic: Take the most likely action instead of sampling.
+
+        Returns:
+            ``(actions, state)``: actions as a numpy batch for ``VectorEnv.step`` (take
+            ``actions[0]`` for a single env) and the new recurrent state.
+        """
+        x = self._obs(obs)
+        n = int(x.shape[0]) if isinstance(x, torch.Tensor) else int(x.batch_size[0])
+        state = self.initial_state(n) if state is None else state
+        flags = torch.zeros(n, dtype=torch.bool, device=self.device) if reset is None else (
+            torch.as_tensor(np.asarray(reset, dtype=bool).reshape(n), device=self.device))
+        action, _, _, state = self.network.act(x, state, flags, deterministic=deterministic)
+        return self.network.actor.to_env(action), state
+
+    def __repr__(self) -> str:
+        return (f"Policy(core={self.config.model.core!r}, env={self.config.env.id!r}, "
+                f"observation_space={self.observation_space}, action_space={self.action_space})")
+
+
+def check_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
+    """Checks that ``weights`` fit ``model`` exactly (same names and shapes).
+
+    Raises:
+        CheckpointError: A one-line message naming the first mismatch.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    shapes = [k for k in expected if k in weights
+              and tuple(expected[k].shape) != tuple(weights[k].shape)]
+    if not (missing or unexpected or shapes):
+        return
+    if shapes:
+        k = shapes[0]
+        detail = (f"{k!r} has shape {list(weights[k].shape)} in the checkpoint but "
+                  f"{list(expected[k].shape)} in the model")
+    elif missing:
+        detail = f"{len(missing)} weights missing from the checkpoint, e.g. {missing[0]!r}"
+    else:
+        detail = f"{len(unexpected)} unexpected weights, e.g. {unexpected[0]!r}"
+    raise CheckpointError(f"{where}: the weights do not match the model architecture of the "
+                          f"config ({detail})")
+
+
+def checkpoint_spaces(ckpt: Checkpoint) -> tuple[spaces.Space, spaces.Space]:
+    """The observation and action spaces stored in a checkpoint."""
+    try:
+        return (space_from_json(ckpt.spaces["observation"]),
+                space_from_json(ckpt.spaces["action"]))
+    except (KeyError, TypeError, SpaceError) as exc:
+        raise CheckpointError(f"{ckpt.path}: no usable observation/action space description "
+                              f"({exc})") from exc
+
+
+def checkpoint_config(ckpt: Checkpoint) -> RunConfig:
+    """The run config stored in a checkpoint."""
+    try:
+        return RunConfig.from_dict(ckpt.config)
+    except ConfigError as exc:
+        raise CheckpointError(f"{ckpt.path}: its config is invalid ({exc})") from exc
+
+
+def policy_from_checkpoint(ckpt: Checkpoint, device: str | torch.device = "cpu") -> Policy:
+    """Builds the :class:`Policy` of a loaded checkpoint (see :func:`load_policy`)."""
+    import xlstm_rl.envs  # noqa: F401  (registers the xlstm_rl/* ids for gym.make)
+    from xlstm_rl.agents.ppo.obs_norm import ObsNormalizer
+    from xlstm_rl.networks import ActorCritic
+
+    config = checkpoint_config(ckpt)
+    obs_space, act_space = checkpoint_spaces(ckpt)
+    weights = ckpt.state.get("policy")
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{ckpt.path} holds no policy weights")
+    model = replace(config.model, backend="auto")  # kernels are the user's choice, not the file's
+    try:
+        network = ActorCritic(obs_space, act_space, model)
+    except ValueError as exc:
+        raise CheckpointError(f"{ckpt.path}: cannot build its network ({exc})") from exc
+    check_weights(network, weights, str(ckpt.path))
+    network.load_state_dict(weights)
+    normalizer = None
+    if config.ppo.normalize_obs:
+        normalizer = ObsNormalizer(obs_space.shape, clip=config.ppo.obs_clip)
+        try:
+            normalizer.load_state_dict(ckpt.state["obs_norm"])
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{ckpt.path}: observation normalization statistics are "
+                                  "missing") from exc
+    return Policy(network.to(device), obs_space, act_space, config, normalizer, device)
+
+
+def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> Policy:
+    """Loads a trained policy from a checkpoint file or a run directory; runs no code from it.
+
+    Args:
+        path: A ``.safetensors`` checkpoint, or a run directory (its
+            ``checkpoints/best.safetensors``, else ``checkpoints/latest.safetensors``).
+        device: Torch device for the network.
+
+    Returns:
+        The :class:`Policy`.
+
+    Raises:
+        CheckpointError: Missing, truncated, corrupted or foreign file (a pickle is refused,
+            never unpickled), unsupported format version, or weights that do not match the
+            architecture in the checkpoint's config.
+    """
+    from xlstm_rl.rundir import RunDirError, find_checkpoint
+
+    try:
+        file = find_checkpoint(Path(path))
+    except RunDirError as exc:
+        raise CheckpointError(str(exc)) from exc
+    return policy_from_checkpoint(load_checkpoint(file), device)
