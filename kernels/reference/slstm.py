@@ -72,12 +72,13 @@ def slstm_step_reference(wx: Tensor, r_weight: Tensor, bias: Tensor, state: SLST
     return h.to(in_dtype), (h, c, n, m_new)
 
 
-def slstm_sequence_reference(wx: Tensor, r_weight: Tensor, bias: Tensor, *,
-                             state: SLSTMState | None = None, reset: Tensor | None = None
-                             ) -> tuple[Tensor, SLSTMState]:
-    """sLSTM over a sequence (a loop of :func:`slstm_step_reference`).
+def slstm_sequence_by_steps(step, wx: Tensor, r_weight: Tensor, bias: Tensor, *,
+                            state: SLSTMState | None = None, reset: Tensor | None = None
+                            ) -> tuple[Tensor, SLSTMState]:
+    """sLSTM over a sequence as a loop of ``step`` (any function with the step's signature).
 
     Args:
+        step: ``step(wx_t, r_weight, bias, state, reset=...) -> (h_t, state)``.
         wx: ``[B, S, 4, H, Dh]`` input contributions for every step.
         r_weight: ``[4, H, Dh, Dh]``; bias: ``[4, H, Dh]``.
         state: optional initial ``(h, c, n, m)``.
@@ -90,7 +91,18 @@ def slstm_sequence_reference(wx: Tensor, r_weight: Tensor, bias: Tensor, *,
         raise ValueError("slstm_sequence needs a sequence of length >= 1, got S=0")
     hs = []
     for t in range(wx.shape[1]):
-        h, state = slstm_step_reference(wx[:, t], r_weight, bias, state,
-                                        reset=None if reset is None else reset[:, t])
+        h, state = step(wx[:, t], r_weight, bias, state,
+                        reset=None if reset is None else reset[:, t])
         hs.append(h)
     return torch.stack(hs, dim=1), state
+
+
+def slstm_sequence_reference(wx: Tensor, r_weight: Tensor, bias: Tensor, *,
+                             state: SLSTMState | None = None, reset: Tensor | None = None
+                             ) -> tuple[Tensor, SLSTMState]:
+    """sLSTM over a sequence: the definition, a loop of :func:`slstm_step_reference`.
+
+    Shapes as :func:`slstm_sequence_by_steps`.
+    """
+    return slstm_sequence_by_steps(slstm_step_reference, wx, r_weight, bias, state=state,
+                                   reset=reset)

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..reference import (mlstm_step_reference, mlstm_zero_state, slstm_step_reference,
                          slstm_zero_state)
+from ..reference.slstm import slstm_sequence_by_steps
 from ..triton.mlstm_step import mlstm_step_kernel
 from ..triton.slstm_step import slstm_step_kernel
 from ._common import check_dtype, padded_dim, reset_int8
@@ -169,14 +170,7 @@ def slstm_sequence(wx: Tensor, r_weight: Tensor, bias: Tensor, *, state=None,
     Returns:
         ``h [B, S, H, Dh]`` and the final state.
     """
-    if wx.shape[1] == 0:
-        raise ValueError("slstm_sequence needs a sequence of length >= 1, got S=0")
-    hs = []
-    for t in range(wx.shape[1]):
-        h, state = slstm_step(wx[:, t], r_weight, bias, state,
-                              reset=None if reset is None else reset[:, t])
-        hs.append(h)
-    return torch.stack(hs, dim=1), state
+    return slstm_sequence_by_steps(slstm_step, wx, r_weight, bias, state=state, reset=reset)
 
 
 __all__ = ["mlstm_step", "slstm_sequence", "slstm_step"]
