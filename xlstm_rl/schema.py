@@ -12,6 +12,8 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from xlstm_rl.cores.config import CoreConfig
+
 C = TypeVar("C")
 
 
@@ -81,29 +83,16 @@ class EnvConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """Actor-critic network: encoder -> memory core -> policy and value heads."""
+class ModelConfig(CoreConfig):
+    """Actor-critic network: encoder -> memory core -> policy and value heads.
+
+    Extends :class:`xlstm_rl.cores.CoreConfig` (hidden_size, num_heads, pattern, proj_factor,
+    qkv_block_size, conv_kernel, ffn_factor, chunk_size, forget_bias_range, backend; documented
+    there) with the choice of core and the encoder and head options.
+    """
 
     core: str = "mlstm"
     """Memory core: ``mlstm | slstm | xlstm | lstm | gru | mlp`` (see ``xlstm_rl.cores``)."""
-    hidden_size: int = 128
-    """Width of the core (its output feeds the heads)."""
-    num_heads: int = 4
-    """Heads of the mLSTM / sLSTM cells (must divide ``hidden_size``)."""
-    pattern: str = "m"
-    """Block pattern of the ``xlstm`` core, e.g. ``"msm"`` (mlstm/slstm force ``m``/``s``)."""
-    proj_factor: float = 2.0
-    """Up-projection factor of the mLSTM block."""
-    conv_kernel: int = 4
-    """Causal-convolution length inside the mLSTM block."""
-    ffn_factor: float = 4.0 / 3.0
-    """Width factor of the gated MLP inside the sLSTM block."""
-    chunk_size: int = 64
-    """Chunk length of the chunkwise-parallel mLSTM in training (PPO caps it at its seq_len)."""
-    forget_bias_range: tuple = (3.0, 6.0)
-    """Forget-gate biases are spread over this range at initialization (long memory)."""
-    backend: str = "auto"
-    """Kernel backend: ``auto``, ``reference`` or ``triton``."""
     encoder_hidden: int = 128
     """Width of the MLP encoder layers for vector observations (and of the CNN's output)."""
     encoder_layers: int = 1
@@ -117,9 +106,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         freeze_tuple_fields(self)
+        super().__post_init__()
 
     def core_kwargs(self) -> dict[str, Any]:
         """The fields that ``xlstm_rl.cores.make_core`` takes, by name."""
-        from xlstm_rl.cores import CoreConfig
-
         return {name: getattr(self, name) for name in CoreConfig.field_names()}

@@ -18,6 +18,9 @@ class CoreConfig:
     """Block pattern of the xLSTM stack, one letter per block: ``m`` mLSTM, ``s`` sLSTM."""
     proj_factor: float = 2.0
     """Up-projection factor of the mLSTM block (inner width = proj_factor * hidden_size)."""
+    qkv_block_size: int = 4
+    """Block size of the block-diagonal q, k, v projections of the mLSTM block (the paper's
+    headwise projections; must divide the inner width). 0 means dense projections."""
     conv_kernel: int = 4
     """Length of the causal depthwise convolution that feeds the mLSTM queries and keys."""
     ffn_factor: float = 4.0 / 3.0
@@ -25,7 +28,8 @@ class CoreConfig:
     chunk_size: int = 64
     """Chunk length of the chunkwise-parallel mLSTM used in ``forward``."""
     forget_bias_range: tuple[float, float] = (3.0, 6.0)
-    """Forget-gate biases are spread linearly over this range, so memory starts long."""
+    """Forget-gate biases ``(low, high)`` are spread linearly over this range: memory starts
+    long."""
     backend: str = "auto"
     """Kernel backend: ``auto`` (Triton on CUDA, reference otherwise), ``reference``, ``triton``."""
 
@@ -40,6 +44,10 @@ class CoreConfig:
                              f"got {self.pattern!r}")
         if self.conv_kernel < 1 or self.chunk_size < 1:
             raise ValueError("conv_kernel and chunk_size must be >= 1")
+        if len(tuple(self.forget_bias_range)) != 2:
+            raise ValueError(f"forget_bias_range must be (low, high), got {self.forget_bias_range!r}")
+        if self.qkv_block_size < 0:
+            raise ValueError(f"qkv_block_size must be >= 0, got {self.qkv_block_size}")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

@@ -79,6 +79,32 @@ class CausalConv1d(nn.Module):
         return y, full[:, 1:]
 
 
+class BlockDiagonalLinear(nn.Module):
+    """Linear map with a block-diagonal weight: ``x[..., j*bs:(j+1)*bs] @ W_j`` per block.
+
+    The mLSTM's headwise q/k/v projections (Beck et al. 2024, Section 2.4: "block-diagonal
+    projection matrices"); ``outputs`` maps stacked side by side share one batched matmul.
+    ``block_size = 0`` falls back to one dense block.
+    """
+
+    def __init__(self, width: int, block_size: int, outputs: int = 1) -> None:
+        super().__init__()
+        bs = block_size or width
+        if width % bs:
+            raise ValueError(f"qkv_block_size ({bs}) must divide the mLSTM inner width ({width})")
+        self.width, self.block_size, self.outputs = width, bs, outputs
+        self.weight = nn.Parameter(torch.empty(width // bs, bs, outputs * bs))
+        nn.init.normal_(self.weight, std=bs ** -0.5)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        """``x [..., width]`` -> ``outputs`` tensors ``[..., width]``."""
+        nb, bs = self.weight.shape[0], self.block_size
+        xb = x.reshape(-1, nb, bs).transpose(0, 1)                          # [nb, N, bs]
+        y = torch.bmm(xb, self.weight).transpose(0, 1)                      # [N, nb, outs*bs]
+        y = y.reshape(*x.shape[:-1], nb, self.outputs, bs)
+        return tuple(y[..., j, :].flatten(-2) for j in range(self.outputs))
+
+
 class MultiHeadNorm(nn.Module):
     """Layer norm applied per head (group norm over each head's features), with a gain."""
 

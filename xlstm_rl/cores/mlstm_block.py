@@ -2,7 +2,8 @@
 
 Beck et al. 2024, "xLSTM: Extended Long Short-Term Memory" (arXiv:2405.04517), Section 2.4 and
 Figure 10 (right): up-projection into a cell branch and an output-gate branch; a causal
-depthwise convolution + SiLU feeds queries and keys; values come from the un-convolved branch;
+depthwise convolution + SiLU feeds queries and keys; values come from the un-convolved branch
+(q, k, v by block-diagonal projections);
 input and forget gates read the concatenated q, k, v; the cell output gets a per-head norm and a
 learnable skip from the conv branch, is gated by SiLU of the second branch, and projected down.
 """
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 from xlstm_rl.kernels import mlstm_chunkwise, mlstm_step
 
 from .config import CoreConfig
-from .layers import CausalConv1d, MultiHeadNorm
+from .layers import BlockDiagonalLinear, CausalConv1d, MultiHeadNorm
 
 
 class MLSTMBlock(nn.Module):
@@ -36,8 +37,8 @@ class MLSTMBlock(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.up = nn.Linear(dim, 2 * inner)
         self.conv = CausalConv1d(inner, cfg.conv_kernel)
-        self.qk = nn.Linear(inner, 2 * inner, bias=False)
-        self.v = nn.Linear(inner, inner, bias=False)
+        self.qk = BlockDiagonalLinear(inner, cfg.qkv_block_size, outputs=2)
+        self.v = BlockDiagonalLinear(inner, cfg.qkv_block_size)
         self.gates = nn.Linear(3 * inner, 2 * cfg.num_heads)
         self.cell_norm = MultiHeadNorm(cfg.num_heads, self.head_dim)
         self.skip = nn.Parameter(torch.ones(inner))
@@ -65,8 +66,8 @@ class MLSTMBlock(nn.Module):
         return x.unflatten(-1, (self.heads, self.head_dim))
 
     def _qkv_gates(self, xc: Tensor, xm: Tensor) -> tuple[Tensor, ...]:
-        q, k = self.qk(xc).chunk(2, dim=-1)
-        v = self.v(xm)
+        q, k = self.qk(xc)
+        (v,) = self.v(xm)
         i, f = self.gates(torch.cat([q, k, v], dim=-1)).chunk(2, dim=-1)
         return self._heads(q), self._heads(k), self._heads(v), i, f
 
