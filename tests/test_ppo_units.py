@@ -274,7 +274,38 @@ def _plain_values_only(tree):
             assert isinstance(value, (torch.Tensor, int, float, str)), type(value)
 
 
-def test_same_seed_same_metrics_and_exact_resume():
+def safetensors_round_trip(tree, path):
+    """Saves a trainer state dict with safetensors (python ints / floats as 0-d int64 / float64
+    tensors, strings as metadata; empty dicts vanish) and loads it back, as a checkpoint would."""
+    from safetensors.torch import load_file, save_file
+
+    tensors, meta = {}, {}
+
+    def flatten(node, prefix):
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                flatten(value, name + "/")
+            elif isinstance(value, str):
+                meta[name] = value
+            elif isinstance(value, float):  # float64: a float32 learning rate is not exact
+                tensors[name] = torch.tensor(value, dtype=torch.float64)
+            else:
+                tensors[name] = torch.as_tensor(value).contiguous()
+
+    flatten(tree, "")
+    save_file(tensors, str(path), metadata=meta)
+    out: dict = {}
+    for name, value in [*load_file(str(path)).items(), *meta.items()]:
+        *parents, leaf = name.split("/")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def test_same_seed_same_metrics_and_exact_resume(tmp_path):
     options = dict(normalize_obs=True, refresh_states=True, target_kl=0.5)
     first, second = tmaze_trainer(seed=3, **options), tmaze_trainer(seed=3, **options)
     for _ in range(2):  # interleaved: the trainers must not share RNG state
@@ -283,7 +314,7 @@ def test_same_seed_same_metrics_and_exact_resume():
     _plain_values_only(saved)
     expected = _comparable(first.train_iteration())
     resumed = tmaze_trainer(seed=3, **options)
-    resumed.load_state_dict(saved)
+    resumed.load_state_dict(safetensors_round_trip(saved, tmp_path / "state.safetensors"))
     assert _comparable(resumed.train_iteration()) == expected
     for trainer in (first, second, resumed):
         trainer.close()

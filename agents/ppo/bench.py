@@ -45,7 +45,8 @@ def bench_ppo(out_path: str | Path | None, cores: Sequence[str] = ("mlp", "lstm"
               env_id: str = "CartPole-v1", num_envs: int = 8, rollout_len: int = 128,
               epochs: int = 4, minibatches: int = 4, hidden_size: int = 128, seq_len: int = 16,
               iterations: int = 3, warmup: int = 1, device: str = "cpu",
-              model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+              model_kwargs: dict[str, Any] | None = None, num_threads: int | None = None
+              ) -> dict[str, Any]:
     """Measures PPO env-steps per second for each core and writes them as JSON.
 
     Args:
@@ -56,6 +57,8 @@ def bench_ppo(out_path: str | Path | None, cores: Sequence[str] = ("mlp", "lstm"
         iterations: measured iterations per core (after ``warmup`` unmeasured ones).
         device: torch device.
         model_kwargs: extra :class:`ModelConfig` fields (e.g. ``{"proj_factor": 1.0}``).
+        num_threads: torch intra-op threads during the benchmark (None: leave as is; 1 gives
+            steadier numbers on a shared machine).
 
     Returns:
         ``{"config": {...}, "results": {core: {"collect_sps", "update_sps", "sps", "params"}},
@@ -65,14 +68,20 @@ def bench_ppo(out_path: str | Path | None, cores: Sequence[str] = ("mlp", "lstm"
     ppo = PPOConfig(rollout_len=rollout_len, seq_len=seq_len, epochs=epochs,
                     minibatches=minibatches)
     model = {"hidden_size": hidden_size, "encoder_hidden": hidden_size, **(model_kwargs or {})}
+    threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
     start = time.perf_counter()
-    results = {core: _bench_core(core, env, ppo, model, iterations, warmup, device)
-               for core in cores}
+    try:
+        results = {core: _bench_core(core, env, ppo, model, iterations, warmup, device)
+                   for core in cores}
+    finally:
+        torch.set_num_threads(threads)
     out: dict[str, Any] = {
         "config": {"env_id": env_id, "num_envs": num_envs, "rollout_len": rollout_len,
                    "seq_len": seq_len, "epochs": epochs, "minibatches": minibatches,
                    "model": model, "iterations": iterations, "device": device,
-                   "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                   "torch_threads": num_threads or threads, "torch": torch.__version__,
                    "machine": platform.machine(), "seconds": time.perf_counter() - start},
         "results": results,
     }

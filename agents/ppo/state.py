@@ -48,7 +48,8 @@ def rng_from_state(generator: torch.Generator, action_generator: torch.Generator
     """Restores :func:`rng_to_state` output."""
     torch.set_rng_state(saved["torch"].to(torch.uint8))
     generator.set_state(saved["generator"].to(torch.uint8))
-    action_generator.set_state(saved["action_generator"].cpu().to(torch.uint8))
+    if "action_generator" in saved:  # absent in states saved before it existed
+        action_generator.set_state(saved["action_generator"].cpu().to(torch.uint8))
     keys = saved["numpy_keys"].numpy().astype(np.uint32)
     np.random.set_state((str(saved.get("numpy_kind", "MT19937")), keys, int(saved["numpy_pos"]),
                          int(saved["numpy_has_gauss"]), float(saved["numpy_cached_gaussian"])))

@@ -16,8 +16,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
+from tensordict import TensorDict
 from torch import nn
 
 from xlstm_rl.envs import make_vec_env
@@ -26,7 +28,7 @@ from xlstm_rl.networks import ActorCritic, is_image
 from xlstm_rl.schema import EnvConfig, ModelConfig
 
 from .buffer import RolloutBuffer
-from .collect import EpisodeStats, RolloutCollector
+from .collect import RolloutCollector
 from .config import PPOConfig
 from .evaluate import evaluate_policy
 from .loss import explained_variance, normalize, ppo_loss
@@ -36,7 +38,7 @@ from .state import (env_snapshot_from_state, env_snapshot_to_state, optimizer_fr
                     optimizer_to_state, rng_from_state, rng_to_state)
 
 
-def build_envs(env: EnvConfig, seed: int):
+def build_envs(env: EnvConfig, seed: int) -> gym.vector.VectorEnv:
     """The training vector env (same-step autoreset, :class:`EpisodeReplay` outermost)."""
     wrappers = (*env.wrappers, EpisodeReplay)
     return make_vec_env(env.id, env.num_envs, vectorization=env.vectorization, seed=seed,
@@ -81,9 +83,7 @@ class PPOTrainer:
         self.collector.reset(seed=self.seed)
         self.global_step, self.iteration, self.total_steps = 0, 0, 0
 
-    def _make_normalizer(self, space) -> ObsNormalizer:
-        import gymnasium as gym
-
+    def _make_normalizer(self, space: gym.Space) -> ObsNormalizer:
         if not isinstance(space, gym.spaces.Box) or is_image(space):
             raise ValueError(f"normalize_obs needs a non-image Box observation space, got {space}")
         return ObsNormalizer(space.shape, clip=self.cfg.obs_clip)
@@ -254,14 +254,13 @@ class PPOTrainer:
         self.total_steps = int(counters["total_steps"])
 
     def _load_collector(self, saved: dict[str, Any]) -> None:
-        from tensordict import TensorDict
-
         col, n = self.collector, self.envs.num_envs
         obs = saved["obs"]
         col.obs = (TensorDict(obs, batch_size=[n]).to(self.device) if isinstance(obs, dict)
                    else obs.to(self.device))
         template = self.policy.initial_state(n, self.device)
-        template.update(TensorDict(saved["state"], batch_size=[n]).to(self.device))
+        saved_state = saved.get("state") or {}  # an empty state (mlp) may be dropped on save
+        template.update(TensorDict(saved_state, batch_size=[n]).to(self.device))
         col.state = template
         col.reset_flags = saved["reset"].to(self.device, torch.bool)
         col.ep_return[:] = saved["ep_return"].numpy()

@@ -17,7 +17,7 @@ from xlstm_rl.cores import make_core
 from xlstm_rl.schema import ModelConfig
 
 from .encoders import Obs, build_encoder
-from .heads import build_action_head, ValueHead
+from .heads import ValueHead, build_action_head
 
 
 class _Torso(nn.Module):
