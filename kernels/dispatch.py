@@ -15,7 +15,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from .reference import (MLSTMState, SLSTMState, mlstm_chunkwise_reference, mlstm_step_reference,
+from .reference import (MLSTMState, SLSTMState, mlstm_chunkwise_fused, mlstm_step_reference,
                         slstm_sequence_fused, slstm_step_reference)
 from .reference import mlstm_recurrent as _mlstm_recurrent_reference
 
@@ -100,6 +100,10 @@ def mlstm_chunkwise(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
                     ) -> tuple[Tensor, MLSTMState]:
     """Chunkwise-parallel mLSTM (training path). Shapes as :func:`mlstm_recurrent`.
 
+    The reference backend runs ``mlstm_chunkwise_fused`` (one autograd node, hand-written exact
+    backward), checked against the plain-autograd ``mlstm_chunkwise_reference``, which stays the
+    readable definition of the chunkwise form.
+
     Args:
         chunk_size: steps per chunk, >= 1 (16..256 are the tuned sizes; any S is padded).
         backend: ``"auto" | "reference" | "triton"``.
@@ -110,8 +114,8 @@ def mlstm_chunkwise(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
     if resolve_backend(backend, q.device) == "triton":
         return _triton_ops().mlstm_chunkwise(q, k, v, i, f, state=state, reset=reset,
                                              chunk_size=chunk_size, eps=eps)
-    return mlstm_chunkwise_reference(q, k, v, i, f, state=state, reset=reset,
-                                     chunk_size=chunk_size, eps=eps)
+    return mlstm_chunkwise_fused(q, k, v, i, f, state=state, reset=reset, chunk_size=chunk_size,
+                                 eps=eps)
 
 
 def mlstm_recurrent(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
