@@ -17,8 +17,9 @@ test: $(STAMP)
 train: $(STAMP)
 	$(VENV)/bin/xlstm-rl train
 
-gpu-check: $(STAMP)
-	bash scripts/gpu_check.sh $(OUT)
+# No venv build here: a GPU machine brings its own torch/triton (the script picks .venv if present).
+gpu-check:
+	bash scripts/gpu_check.sh $(or $(OUT),gpu-check-out)
 
 clean-venv:
 	rm -rf $(VENV)
