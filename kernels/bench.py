@@ -1,7 +1,7 @@
 """Kernel benchmarks: Triton against the PyTorch paths, side by side in one process.
 
-``bench_kernels("cuda", "bench_kernels.json")`` measures (median of timed repeats after warm-up,
-CUDA events):
+``bench_kernels("cuda", "bench_kernels.json")`` measures (median of interleaved repeats after
+warm-up, :func:`.timing.time_side_by_side`):
 
 - ``mlstm_chunkwise_vs_reference``: Triton chunkwise forward+backward against the reference
   chunkwise form, B=8, H=4, S=4096, Dk=Dv=64, bfloat16, chunk 64;
@@ -17,34 +17,20 @@ from __future__ import annotations
 
 import json
 import pathlib
-import statistics
-import time
 from typing import Callable
 
 import torch
 
 from .dispatch import mlstm_chunkwise, mlstm_step, slstm_step
 from .reference import mlstm_zero_state, slstm_zero_state
+from .timing import time_side_by_side
 
 
-def _timer(device: torch.device, fn: Callable[[], object], warmup: int, iters: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds (CUDA events on GPUs)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+def _pair(device: torch.device, fns: dict[str, Callable[[], object]], warmup: int,
+          iters: int) -> list[float]:
+    """Milliseconds per call of each candidate, timed interleaved (see :mod:`.timing`)."""
+    t = time_side_by_side(fns, device, repeats=max(1, iters), warmup=warmup, budget_s=120.0)
+    return [t[name] * 1e3 for name in fns]
 
 
 def _mlstm_leaves(B: int, H: int, S: int, d: int, dtype: torch.dtype, device) -> list:
@@ -82,8 +68,9 @@ def bench_chunkwise_vs_reference(device, B=8, H=4, S=4096, d=64, warmup=3, iters
         h_t = _chunkwise("triton")(*leaves).float()
         h_r = _chunkwise("reference")(*leaves).float()
     err = ((h_t - h_r).abs().max() / h_r.abs().max()).item()
-    t_tri = _timer(device, _fwd_bwd(_chunkwise("triton"), leaves, grad), warmup, iters)
-    t_ref = _timer(device, _fwd_bwd(_chunkwise("reference"), leaves, grad), warmup, iters)
+    t_tri, t_ref = _pair(device, {"triton": _fwd_bwd(_chunkwise("triton"), leaves, grad),
+                                  "reference": _fwd_bwd(_chunkwise("reference"), leaves, grad)},
+                         warmup, iters)
     return _entry("triton", t_tri, "reference", t_ref, shape=[B, H, S, d], dtype="bfloat16",
                   chunk_size=64, h_rel_err_vs_reference=err)
 
@@ -95,8 +82,8 @@ def bench_chunkwise_vs_sdpa(device, B=1, H=8, S=8192, d=128, warmup=3, iters=10)
 
     def sdpa(q, k, v, i, f):
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-    t_tri = _timer(device, _fwd_bwd(_chunkwise("triton"), leaves, grad), warmup, iters)
-    t_sdpa = _timer(device, _fwd_bwd(sdpa, leaves, grad), warmup, iters)
+    t_tri, t_sdpa = _pair(device, {"triton": _fwd_bwd(_chunkwise("triton"), leaves, grad),
+                                   "sdpa": _fwd_bwd(sdpa, leaves, grad)}, warmup, iters)
     return _entry("triton", t_tri, "sdpa", t_sdpa, shape=[B, H, S, d], dtype="bfloat16",
                   chunk_size=64)
 
@@ -108,10 +95,10 @@ def bench_mlstm_step(device, B=1024, H=4, d=64, warmup=5, iters=50) -> dict:
     i, f = (torch.randn(B, H, generator=g).to(device) for _ in range(2))
     state = tuple(s.normal_() for s in mlstm_zero_state(B, H, d, d, device=device))
     with torch.no_grad():
-        t_tri = _timer(device, lambda: mlstm_step(q, k, v, i, f, state, backend="triton"),
-                       warmup, iters)
-        t_ref = _timer(device, lambda: mlstm_step(q, k, v, i, f, state, backend="reference"),
-                       warmup, iters)
+        t_tri, t_ref = _pair(device, {
+            "triton": lambda: mlstm_step(q, k, v, i, f, state, backend="triton"),
+            "reference": lambda: mlstm_step(q, k, v, i, f, state, backend="reference")},
+            warmup, iters)
     return _entry("triton", t_tri, "reference", t_ref, envs=B, heads=H, head_dim=d)
 
 
@@ -123,10 +110,10 @@ def bench_slstm_step(device, B=1024, H=4, d=64, warmup=5, iters=50) -> dict:
     bias = torch.randn(4, H, d, generator=g).to(device)
     state = slstm_zero_state(B, H, d, device=device)
     with torch.no_grad():
-        t_tri = _timer(device, lambda: slstm_step(wx, R, bias, state, backend="triton"),
-                       warmup, iters)
-        t_ref = _timer(device, lambda: slstm_step(wx, R, bias, state, backend="reference"),
-                       warmup, iters)
+        t_tri, t_ref = _pair(device, {
+            "triton": lambda: slstm_step(wx, R, bias, state, backend="triton"),
+            "reference": lambda: slstm_step(wx, R, bias, state, backend="reference")},
+            warmup, iters)
     return _entry("triton", t_tri, "reference", t_ref, envs=B, heads=H, head_dim=d)
 
 

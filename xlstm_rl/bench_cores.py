@@ -1,14 +1,13 @@
 """``xlstm-rl bench cores``: core and reference-kernel timings, measured side by side.
 
-Every comparison runs its candidates interleaved in one process (round-robin repetitions, median
-time), so the ratios hold even on a shared, noisy machine where absolute times drift.
+Every comparison runs its candidates interleaved in one process
+(:func:`xlstm_rl.kernels.timing.time_side_by_side`), so the ratios hold even on a shared, noisy
+machine where absolute times drift.
 """
 from __future__ import annotations
 
 import json
 import platform
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,32 +15,7 @@ import torch
 
 from xlstm_rl.cores import CORE_NAMES, make_core
 from xlstm_rl.kernels import mlstm_chunkwise, mlstm_recurrent, mlstm_step, slstm_sequence
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_side_by_side(fns: dict[str, Callable[[], object]], device: torch.device,
-                      repeats: int = 7, warmup: int = 2, budget_s: float = 20.0
-                      ) -> dict[str, float]:
-    """Median seconds per call of each function, repetitions interleaved round-robin."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    start = time.perf_counter()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
-        if time.perf_counter() - start > budget_s:
-            break
-    return {name: statistics.median(ts) for name, ts in times.items()}
+from xlstm_rl.kernels.timing import time_side_by_side
 
 
 def _fwd_bwd(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
