@@ -44,15 +44,16 @@ def mlstm_zero_state(batch: int, heads: int, dk: int, dv: int, *, device=None,
             torch.zeros(batch, heads, device=device, dtype=dtype))
 
 
-def clear_rows(state: MLSTMState, reset: Tensor | None) -> MLSTMState:
-    """Zero every state entry of the batch rows where ``reset[B]`` is True."""
+def clear_rows(state: tuple[Tensor, ...], reset: Tensor | None) -> tuple[Tensor, ...]:
+    """Zero every state tensor (batch-first, any rank) in the rows where ``reset[B]`` is True.
+
+    ``torch.where``, not a multiply, so a NaN or inf in a discarded row cannot leak.
+    """
     if reset is None:
         return state
-    C, n, m = state
-    r = reset.to(device=m.device, dtype=torch.bool)
-    return (torch.where(r[:, None, None, None], torch.zeros_like(C), C),
-            torch.where(r[:, None, None], torch.zeros_like(n), n),
-            torch.where(r[:, None], torch.zeros_like(m), m))
+    r = reset.to(device=state[0].device, dtype=torch.bool)
+    return tuple(torch.where(r.view(-1, *[1] * (s.dim() - 1)), torch.zeros_like(s), s)
+                 for s in state)
 
 
 def mlstm_step_reference(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,

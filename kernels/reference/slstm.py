@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid
 
-from .mlstm_recurrent import state_dtype
+from .mlstm_recurrent import clear_rows, state_dtype
 
 SLSTMState = tuple[Tensor, Tensor, Tensor, Tensor]
 _N_FLOOR = 1e-30
@@ -32,13 +32,6 @@ def slstm_zero_state(batch: int, heads: int, head_dim: int, *, device=None,
     """The zero state ``(h, c, n, m)``, each ``[B, H, Dh]``."""
     return tuple(torch.zeros(batch, heads, head_dim, device=device, dtype=dtype)
                  for _ in range(4))
-
-
-def _clear(state: SLSTMState, reset: Tensor | None) -> SLSTMState:
-    if reset is None:
-        return state
-    r = reset.to(device=state[0].device, dtype=torch.bool)[:, None, None]
-    return tuple(torch.where(r, torch.zeros_like(s), s) for s in state)
 
 
 def slstm_step_reference(wx: Tensor, r_weight: Tensor, bias: Tensor, state: SLSTMState | None,
@@ -58,7 +51,7 @@ def slstm_step_reference(wx: Tensor, r_weight: Tensor, bias: Tensor, state: SLST
     in_dtype, sd = wx.dtype, state_dtype(wx.dtype)
     if state is None:
         state = slstm_zero_state(wx.shape[0], wx.shape[2], wx.shape[3], device=wx.device, dtype=sd)
-    h, c, n, m = _clear(state, reset)
+    h, c, n, m = clear_rows(state, reset)
     pre = wx.to(sd) + torch.einsum("bhd,ghde->bghe", h, r_weight.to(sd)) + bias.to(sd)
     z, i, f, o = pre.unbind(dim=1)
     f_log = logsigmoid(f)
