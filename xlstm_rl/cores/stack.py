@@ -34,18 +34,19 @@ class XLSTMCore(MemoryCore):
 
     def forward(self, x: Tensor, state: TensorDict | None = None, reset: Tensor | None = None
                 ) -> tuple[Tensor, TensorDict]:
-        self._check_input(x, reset, step=False)
-        state = self._state_or_zero(state, x)
-        y, new = self.proj(x), {}
-        for j, block in enumerate(self.blocks):
-            y, new[f"block{j}"] = block(y, state[f"block{j}"], reset)
-        return self.out_norm(y), TensorDict(new, batch_size=state.batch_size)
+        return self._run(x, state, reset, step=False)
 
     def step(self, x: Tensor, state: TensorDict | None = None, reset: Tensor | None = None
              ) -> tuple[Tensor, TensorDict]:
-        self._check_input(x, reset, step=True)
+        return self._run(x, state, reset, step=True)
+
+    def _run(self, x: Tensor, state: TensorDict | None, reset: Tensor | None, step: bool
+             ) -> tuple[Tensor, TensorDict]:
+        """Input projection, every block (``block.step`` or ``block.forward``), final norm."""
+        self._check_input(x, reset, step=step)
         state = self._state_or_zero(state, x)
         y, new = self.proj(x), {}
         for j, block in enumerate(self.blocks):
-            y, new[f"block{j}"] = block.step(y, state[f"block{j}"], reset)
+            run = block.step if step else block
+            y, new[f"block{j}"] = run(y, state[f"block{j}"], reset)
         return self.out_norm(y), TensorDict(new, batch_size=state.batch_size)
