@@ -158,6 +158,8 @@ def _check_slstm(wx: Tensor, r_weight: Tensor, bias: Tensor, reset: Tensor | Non
     want_reset = tuple(wx.shape[:lead])
     if reset is not None and tuple(reset.shape) != want_reset:
         raise ValueError(f"reset must be {want_reset} (bool); got {tuple(reset.shape)}")
+    if not step and wx.shape[1] == 0:
+        raise ValueError("the sequence is empty (S=0); pass at least one step")
     _check_state(state, {key: (wx.shape[0], H, dh) for key in "hcnm"}, "sLSTM")
 
 
@@ -172,8 +174,6 @@ def slstm_sequence(wx: Tensor, r_weight: Tensor, bias: Tensor, *,
     _check_slstm(wx, r_weight, bias, reset, step=False, state=state)
     if resolve_backend(backend, wx.device) == "triton":
         return _triton_ops().slstm_sequence(wx, r_weight, bias, state=state, reset=reset)
-    if wx.shape[1] == 0:
-        raise ValueError("the sequence is empty (S=0); pass at least one step")
     return slstm_sequence_fused(wx, r_weight, bias, state=state, reset=reset)
 
 
