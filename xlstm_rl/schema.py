@@ -12,9 +12,13 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from xlstm_rl.cores.config import CoreConfig
+from xlstm_rl.cores.config import CORE_NAMES, CoreConfig
+from xlstm_rl.typed import MAX_SIZE, check_range
 
 C = TypeVar("C")
+
+MAX_ENVS = 4096
+"""Most parallel sub-environments a config may ask for."""
 
 
 def _plain(value: Any) -> Any:
@@ -76,8 +80,12 @@ class EnvConfig:
 
     def __post_init__(self) -> None:
         freeze_tuple_fields(self)
-        if int(self.num_envs) < 1:
-            raise ValueError(f"num_envs must be >= 1, got {self.num_envs}")
+        check_range("num_envs", self.num_envs, 1, MAX_ENVS, integer=True)
+        if not isinstance(self.id, str) or not self.id.strip():
+            raise ValueError(f"id must be a non-empty environment id, got {self.id!r}")
+        if not isinstance(self.kwargs, dict) or not all(isinstance(k, str) for k in self.kwargs):
+            raise ValueError("kwargs must be a mapping with string keys (gymnasium.make keyword "
+                             "arguments)")
         if self.vectorization not in ("sync", "async"):
             raise ValueError(f"vectorization must be 'sync' or 'async', got {self.vectorization!r}")
 
@@ -107,6 +115,17 @@ class ModelConfig(CoreConfig):
     def __post_init__(self) -> None:
         freeze_tuple_fields(self)
         super().__post_init__()
+        if self.core not in CORE_NAMES:
+            raise ValueError(f"core must be one of {', '.join(CORE_NAMES)}, "
+                             f"got {str(self.core)[:80]!r}")
+        check_range("encoder_hidden", self.encoder_hidden, 1, MAX_SIZE, integer=True)
+        check_range("encoder_layers", self.encoder_layers, 0, 64, integer=True)
+        if not 1 <= len(self.cnn_channels) <= 16:
+            raise ValueError(f"cnn_channels must list 1 to 16 conv layers, got "
+                             f"{len(self.cnn_channels)}")
+        for channels in self.cnn_channels:
+            check_range("cnn_channels values", channels, 1, MAX_SIZE, integer=True)
+        check_range("init_log_std", self.init_log_std, -20, 20)
 
     def core_kwargs(self) -> dict[str, Any]:
         """The fields that ``xlstm_rl.cores.make_core`` takes, by name."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,52 @@ from typing import Any, Union
 
 class ConfigError(ValueError):
     """A configuration problem; the message is one line and names the offending key."""
+
+
+MAX_SIZE = 65536
+"""Upper bound of width-like config sizes (hidden sizes, channels): nothing absurd is built."""
+
+
+def _bounds_text(low: float | None, high: float | None, low_open: bool, integer: bool) -> str:
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"<= {high:g}")
+    kind = "an integer" if integer else "a finite number"
+    return f"{' and '.join(parts)} ({kind})" if parts else kind
+
+
+def check_range(name: str, value: Any, low: float | None = None, high: float | None = None,
+                *, low_open: bool = False, integer: bool = False) -> None:
+    """Checks that a config value is a finite number within ``[low, high]``.
+
+    Meant for dataclass ``__post_init__`` methods; :func:`from_data` turns the ``ValueError``
+    into a one-line :class:`ConfigError` naming the section.
+
+    Args:
+        name: Field name used in the message.
+        value: The value to check.
+        low: Smallest allowed value (None: unbounded).
+        high: Largest allowed value (None: unbounded).
+        low_open: Exclude ``low`` itself (``value > low``).
+        integer: The value must be an ``int`` (not a bool).
+
+    Raises:
+        ValueError: If the value is not a number, not finite or out of range; the message
+            says what is allowed.
+    """
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = number and (isinstance(value, int) or not integer)
+    if ok and isinstance(value, float):
+        ok = math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        raise ValueError(f"{name} must be {_bounds_text(low, high, low_open, integer)}, "
+                         f"got {_show(value)}")
 
 
 def _type_name(tp: Any) -> str:

@@ -2,8 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from xlstm_rl.schema import freeze_tuple_fields
+from xlstm_rl.typed import check_range
+
+if TYPE_CHECKING:
+    from xlstm_rl.schema import EnvConfig
+
+MAX_STEPS = 1_000_000
+"""Upper bound of per-iteration counts (rollout length, epochs, minibatches)."""
 
 
 @dataclass(frozen=True)
@@ -59,12 +67,34 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         freeze_tuple_fields(self)
-        if self.rollout_len < 1 or self.seq_len < 1:
-            raise ValueError("rollout_len and seq_len must be >= 1")
+        for name in ("rollout_len", "seq_len", "epochs", "minibatches"):
+            check_range(name, getattr(self, name), 1, MAX_STEPS, integer=True)
         if self.rollout_len % self.seq_len:
             raise ValueError(f"seq_len ({self.seq_len}) must divide rollout_len ({self.rollout_len})")
-        if self.epochs < 1 or self.minibatches < 1:
-            raise ValueError("epochs and minibatches must be >= 1")
+        for name in ("lr", "adam_eps", "clip_coef", "max_grad_norm", "obs_clip", "reward_scale"):
+            check_range(name, getattr(self, name), 0, low_open=True)
+        for name in ("gamma", "gae_lambda"):
+            check_range(name, getattr(self, name), 0, 1)
+        for name in ("vf_coef", "ent_coef"):
+            check_range(name, getattr(self, name), 0)
+        if self.target_kl is not None:
+            check_range("target_kl", self.target_kl, 0)
+
+    def check_env(self, env: "EnvConfig") -> None:
+        """Checks the settings that depend on the env section (the number of chunks).
+
+        Args:
+            env: The run's env config.
+
+        Raises:
+            ValueError: If ``minibatches`` exceeds the chunks of one rollout
+                (``num_envs * rollout_len / seq_len``).
+        """
+        chunks = env.num_envs * self.chunks_per_env
+        if self.minibatches > chunks:
+            raise ValueError(f"ppo.minibatches ({self.minibatches}) must not exceed the chunks "
+                             f"of one rollout, env.num_envs * ppo.rollout_len / ppo.seq_len = "
+                             f"{env.num_envs} * {self.rollout_len} / {self.seq_len} = {chunks}")
 
     @property
     def chunks_per_env(self) -> int:

@@ -22,12 +22,18 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ConfigError, Checkpoi
                                                 SpaceError, RunDirError)
 """Exception types the CLI reports as one-line user errors."""
 
+MAX_MESSAGE = 300
+"""Longest error message shown (characters); longer ones are cut with an ellipsis."""
+
 
 def one_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message (its type name if it has none)."""
-    for line in str(exc).splitlines():
+    """The first non-empty line of an exception's message (its type name if it has none),
+    cut to :data:`MAX_MESSAGE` characters."""
+    text = str(exc)
+    for line in text[:100 * MAX_MESSAGE].splitlines():
         if line.strip():
-            return line.strip()
+            line = line.strip()
+            return line if len(line) <= MAX_MESSAGE else line[:MAX_MESSAGE - 3] + "..."
     return type(exc).__name__
 
 

@@ -3,7 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from xlstm_rl.typed import MAX_SIZE, check_range
+
 CORE_NAMES = ("mlstm", "slstm", "xlstm", "lstm", "gru", "mlp")
+BACKEND_NAMES = ("auto", "reference", "triton")
+MAX_BLOCKS = 64
+"""Most blocks an xLSTM pattern may stack."""
+MAX_FACTOR = 16.0
+"""Largest up-projection / feed-forward width factor."""
 
 
 @dataclass(frozen=True)
@@ -34,20 +41,27 @@ class CoreConfig:
     """Kernel backend: ``auto`` (Triton on CUDA, reference otherwise), ``reference``, ``triton``."""
 
     def __post_init__(self) -> None:
-        if self.hidden_size < 1:
-            raise ValueError(f"hidden_size must be >= 1, got {self.hidden_size}")
-        if self.num_heads < 1 or self.hidden_size % self.num_heads:
+        check_range("hidden_size", self.hidden_size, 1, MAX_SIZE, integer=True)
+        check_range("num_heads", self.num_heads, 1, self.hidden_size, integer=True)
+        if self.hidden_size % self.num_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must divide hidden_size "
                              f"({self.hidden_size})")
-        if not self.pattern or set(self.pattern) - {"m", "s"}:
-            raise ValueError(f"pattern must be a non-empty string of 'm' and 's', "
-                             f"got {self.pattern!r}")
-        if self.conv_kernel < 1 or self.chunk_size < 1:
-            raise ValueError("conv_kernel and chunk_size must be >= 1")
+        if (not isinstance(self.pattern, str) or not self.pattern
+                or set(self.pattern) - {"m", "s"} or len(self.pattern) > MAX_BLOCKS):
+            raise ValueError(f"pattern must be a non-empty string of 'm' and 's' (at most "
+                             f"{MAX_BLOCKS} blocks), got {str(self.pattern)[:80]!r}")
+        for name in ("proj_factor", "ffn_factor"):
+            check_range(name, getattr(self, name), 0, MAX_FACTOR, low_open=True)
+        check_range("conv_kernel", self.conv_kernel, 1, 1024, integer=True)
+        check_range("chunk_size", self.chunk_size, 1, MAX_SIZE, integer=True)
+        check_range("qkv_block_size", self.qkv_block_size, 0, MAX_SIZE, integer=True)
         if len(tuple(self.forget_bias_range)) != 2:
             raise ValueError(f"forget_bias_range must be (low, high), got {self.forget_bias_range!r}")
-        if self.qkv_block_size < 0:
-            raise ValueError(f"qkv_block_size must be >= 0, got {self.qkv_block_size}")
+        for value in self.forget_bias_range:
+            check_range("forget_bias_range values", value, -1000, 1000)
+        if self.backend not in BACKEND_NAMES:
+            raise ValueError(f"backend must be one of {', '.join(BACKEND_NAMES)}, "
+                             f"got {str(self.backend)[:80]!r}")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
