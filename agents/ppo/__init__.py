@@ -13,11 +13,24 @@ Example::
     print(trainer.evaluate(100))          # {"mean_return": ..., "success_rate": ...}
     state = trainer.state_dict()          # tensors / scalars / strings only: resume exactly
 
-Modules: ``config`` (PPOConfig), ``collect`` (same-step-autoreset collection), ``buffer``
-(time-major rollout + chunk-start states), ``loss`` (GAE and PPO terms), ``trainer``,
-``evaluate``, ``replay`` (restorable envs), ``state`` (checkpoint conversions), ``bench``.
+Modules: ``config`` (PPOConfig, no torch), ``collect`` (rollouts through the shared acting
+loop), ``buffer`` (time-major rollout + chunk-start states), ``loss`` (GAE and PPO terms),
+``trainer``, ``policy`` (the acting policy of a checkpoint), ``bench``.
+
+Importing this package imports only the config; the trainer (and torch) load on first use.
 """
+from __future__ import annotations
+
+from typing import Any
+
 from .config import PPOConfig
-from .trainer import PPOTrainer, build_envs
 
 __all__ = ["PPOConfig", "PPOTrainer", "build_envs"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("PPOTrainer", "build_envs"):
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
