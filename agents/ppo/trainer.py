@@ -3,7 +3,7 @@
 Resume: :meth:`PPOTrainer.state_dict` holds only tensors, python scalars and strings in
 nested dicts with string keys (safetensors-friendly after flattening), including an env
 snapshot (:meth:`PPOTrainer.env_snapshot`): every sub-env is wrapped in
-:class:`~xlstm_rl.agents.ppo.replay.EpisodeReplay`, so its internal state is rebuilt by
+:class:`~xlstm_rl.envs.episode_log.EpisodeReplay`, so its internal state is rebuilt by
 reseeding the current episode and replaying its actions (:meth:`PPOTrainer.restore_envs`).
 A trainer built with the same configs and seed, then given ``load_state_dict``, continues
 exactly as the saved one would have (on CPU).
@@ -33,7 +33,7 @@ from .config import PPOConfig
 from .evaluate import evaluate_policy
 from .loss import explained_variance, normalize, ppo_loss
 from .obs_norm import ObsNormalizer
-from .replay import EpisodeReplay, restore_envs, snapshot_envs
+from xlstm_rl.envs.episode_log import EpisodeReplay, restore_envs, snapshot_envs
 from .state import (env_snapshot_from_state, env_snapshot_to_state, optimizer_from_state,
                     optimizer_to_state, rng_from_state, rng_to_state)
 

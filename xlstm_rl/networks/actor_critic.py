@@ -20,17 +20,42 @@ from .encoders import Obs, build_encoder
 from .heads import ValueHead, build_action_head
 
 
-class _Torso(nn.Module):
-    """Encoder followed by a memory core."""
+class Torso(nn.Module):
+    """Observation encoder followed by a memory core: the trunk of policy, value and Q networks.
+
+    Args:
+        observation_space: Single-env observation space (see :func:`build_encoder`).
+        cfg: Model configuration (encoder options and the core's :class:`CoreConfig` fields).
+
+    Attributes:
+        encoder, core: The parts; ``output_size``: feature size of the core's output.
+    """
 
     def __init__(self, observation_space: spaces.Space, cfg: ModelConfig) -> None:
         super().__init__()
         self.encoder = build_encoder(observation_space, cfg)
-        self.core = make_core(cfg.core, self.encoder.output_size, **cfg.core_kwargs())
+        self.core = make_core(cfg.core, self.encoder.output_size, cfg)
         self.output_size = self.core.output_size
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None
+                      ) -> TensorDict:
+        """The core's zero state, TensorDict ``[batch_size]``."""
+        return self.core.initial_state(batch_size, device)
 
     def forward(self, obs: Obs, state: TensorDict, reset: Tensor | None, step: bool
                 ) -> tuple[Tensor, TensorDict]:
+        """Features of observations given the state before them.
+
+        Args:
+            obs: ``[B, ...]`` when ``step`` (one step, the core's ``step``), else ``[B, T, ...]``
+                (a sequence, the core's chunkwise ``forward``).
+            state: TensorDict ``[B]``; reset: ``[B]`` / ``[B, T]`` bool (True: zero the state
+                before this observation) or None.
+            step: One step or a sequence.
+
+        Returns:
+            ``(features [B, (T,) output_size], new state)``.
+        """
         x = self.encoder(obs)
         return self.core.step(x, state, reset) if step else self.core(x, state, reset)
 
@@ -51,8 +76,8 @@ class ActorCritic(nn.Module):
                  cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.torso = _Torso(observation_space, cfg)
-        self.value_torso = None if cfg.shared_core else _Torso(observation_space, cfg)
+        self.torso = Torso(observation_space, cfg)
+        self.value_torso = None if cfg.shared_core else Torso(observation_space, cfg)
         self.actor = build_action_head(action_space, self.torso.output_size, cfg.init_log_std)
         self.critic = ValueHead(self.torso.output_size)
 
@@ -97,6 +122,13 @@ class ActorCritic(nn.Module):
         dist = self.actor(y)
         action = self.actor.sample(dist, deterministic, generator)
         return action, self.actor.log_prob(dist, action), self.critic(yv), new
+
+    @torch.no_grad()
+    def act_env(self, obs: Obs, state: TensorDict, reset: Tensor | None,
+                deterministic: bool = True) -> tuple[object, TensorDict]:
+        """Acting for a :class:`xlstm_rl.policy.Policy`: env actions (numpy batch) and state."""
+        action, _, _, new = self.act(obs, state, reset, deterministic=deterministic)
+        return self.actor.to_env(action), new
 
     def evaluate(self, obs: Obs, state: TensorDict, reset: Tensor | None, actions: Tensor
                  ) -> tuple[Tensor, Tensor, Tensor, TensorDict]:

@@ -1,4 +1,4 @@
-"""Restorable environments: per-episode seeds plus replay of the current episode's actions.
+"""The exact-resume episode log: per-episode seeds plus a replay of the current episode's actions.
 
 Gymnasium environments cannot, in general, save their internal state. :class:`EpisodeReplay`
 makes it reconstructible instead: after a seeded ``reset(seed=s)`` every later (auto)reset
