@@ -108,8 +108,7 @@ class Policy:
         state = self.initial_state(n) if state is None else state
         flags = torch.zeros(n, dtype=torch.bool, device=self.device) if reset is None else (
             torch.as_tensor(np.asarray(reset, dtype=bool).reshape(n), device=self.device))
-        action, _, _, state = self.network.act(x, state, flags, deterministic=deterministic)
-        return self.network.actor.to_env(action), state
+        return self.network.act_env(x, state, flags, deterministic=deterministic)
 
     def __repr__(self) -> str:
         return (f"Policy(core={self.config.model.core!r}, env={self.config.env.id!r}, "
