@@ -1,27 +1,20 @@
 """Package discovery for xlstm-rl.
 
-The top-level folders ``xlstm_rl/ kernels/ agents/ envs/ configs/`` install under the single
-namespace ``xlstm_rl`` (``xlstm_rl.kernels``, ``xlstm_rl.agents``, ...). Every subpackage is
-discovered here, so a new folder with an ``__init__.py`` can never silently drop out of the wheel.
+Layout: the top-level folders ``kernels/ agents/ envs/ configs/`` are reached as
+``xlstm_rl.kernels`` etc. through relative symlinks committed in git
+(``xlstm_rl/kernels -> ../kernels``, ...). So ``xlstm_rl`` is one ordinary package tree that
+editors, type checkers and a bare ``PYTHONPATH=<repo>`` all resolve without an import hook.
+
+- Wheels hold real files: ``find_packages`` walks through the symlinked folders and
+  ``build_py`` copies their files' contents (a test builds a wheel and checks there are no links).
+- Editable install (``pip install -e .``): setuptools maps only the top-level name ``xlstm_rl``
+  to ``<repo>/xlstm_rl`` (its finder, not a ``.pth`` line adding the repository root), so the
+  generic folder names never become importable through the install. They do become importable
+  when the repository root itself is on ``sys.path`` (running Python from the root, or
+  ``PYTHONPATH=<repo>``): the guard at the top of each folder's ``__init__.py`` then refuses
+  ``import kernels`` & co., so our modules are never loaded twice under two names.
 """
 from setuptools import find_packages, setup
 
-ROOTS = {"xlstm_rl": "xlstm_rl", "xlstm_rl.kernels": "kernels", "xlstm_rl.agents": "agents",
-         "xlstm_rl.envs": "envs", "xlstm_rl.configs": "configs"}
-
-
-def _discover() -> tuple[list[str], dict[str, str]]:
-    packages, package_dir = [], {}
-    for name, folder in ROOTS.items():
-        package_dir[name] = folder
-        packages.append(name)
-        for sub in find_packages(where=folder):
-            if name == "xlstm_rl" and sub.split(".")[0] in {"kernels", "agents", "envs", "configs"}:
-                continue
-            packages.append(f"{name}.{sub}")
-    return packages, package_dir
-
-
-PACKAGES, PACKAGE_DIR = _discover()
-setup(packages=PACKAGES, package_dir=PACKAGE_DIR,
+setup(packages=find_packages(include=["xlstm_rl", "xlstm_rl.*"]),
       package_data={"xlstm_rl.configs": ["*.yaml"]}, include_package_data=True)

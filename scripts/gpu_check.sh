@@ -5,13 +5,12 @@
 #
 # Writes OUT_DIR/gpu_check.log (everything), OUT_DIR/pytest_gpu.xml and
 # OUT_DIR/bench_kernels.json. Exit status: 0 when the tests pass and the benchmark ran.
-# Environment: PYTHON (interpreter to use), GPU_CHECK_NO_PIP=1 (never pip install).
+# Environment: PYTHON (interpreter to use).
 #
 # Works on a bare machine with only torch + triton + pytest (the repository copied, no network):
-# the package is made importable by `pip install --no-deps --no-build-isolation -e .`, or, when
-# that fails, by a symlink tree (xlstm_rl/ plus kernels/ agents/ envs/ configs/ mounted under
-# it) put on PYTHONPATH. Python runs outside the repository root (or with -P) so that the
-# source folder xlstm_rl/, which lacks the mapped subpackages, never shadows the package.
+# when xlstm_rl is not installed, the repository root goes on PYTHONPATH. That is enough
+# because xlstm_rl/{kernels,agents,envs,configs} are committed symlinks to the top-level
+# folders (and those folders refuse to import under their bare names).
 set -uo pipefail
 
 if [ $# -ne 1 ]; then
@@ -31,18 +30,6 @@ else PY=$(command -v python3); fi
 log() { echo "[gpu_check $(date +%H:%M:%S)] $*" | tee -a "$LOG"; }
 importable() { (cd "$OUT" && "$PY" -c "import xlstm_rl.kernels" >>"$LOG" 2>&1); }
 
-shadow_tree() {
-    local site
-    site=$(mktemp -d)/site
-    mkdir -p "$site/xlstm_rl"
-    for f in "$REPO"/xlstm_rl/*; do ln -s "$f" "$site/xlstm_rl/"; done
-    for d in kernels agents envs configs; do
-        [ -d "$REPO/$d" ] && ln -s "$REPO/$d" "$site/xlstm_rl/$d"
-    done
-    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-    log "using a symlink tree on PYTHONPATH: $site"
-}
-
 log "repo $REPO, python $PY, out $OUT"
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || true) | tee -a "$LOG"
 "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$LOG"
@@ -56,17 +43,15 @@ if compgen -G "$REPO/.whl/*.whl" >/dev/null; then
         && export PYTHONPATH="/tmp/xlstm_rl_site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
-if ! importable && [ -z "${GPU_CHECK_NO_PIP:-}" ]; then
-    log "installing the package: pip install --no-deps --no-build-isolation -e ."
-    (cd "$REPO" && "$PY" -m pip install -q --no-deps --no-build-isolation -e . >>"$LOG" 2>&1)
+if ! importable; then
+    export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+    log "xlstm_rl is not installed: using the repository on PYTHONPATH"
 fi
-importable || shadow_tree
 importable || { log "FAILED: xlstm_rl.kernels is not importable"; exit 1; }
 
-# pytest from the repo root (its config), without the root on sys.path.
-if "$PY" -P -c "" 2>/dev/null; then PYTEST=("$PY" -P -m pytest)
-elif [ -x "$(dirname "$PY")/pytest" ]; then PYTEST=("$(dirname "$PY")/pytest")
-else PYTEST=(pytest); fi
+# pytest from the repo root, for its config (pyproject.toml) and conftest.
+if [ -x "$(dirname "$PY")/pytest" ]; then PYTEST=("$(dirname "$PY")/pytest")
+else PYTEST=("$PY" -m pytest); fi
 mapfile -t GPU_FILES < <(cd "$REPO" && grep -l "mark.gpu" tests/test_*.py)
 log "pytest -m gpu on: ${GPU_FILES[*]}"
 (cd "$REPO" && "${PYTEST[@]}" -m gpu -p no:cacheprovider -ra --continue-on-collection-errors \
