@@ -1,9 +1,9 @@
-# `make test` and `make train` build .venv from pyproject.toml when it is missing or stale.
+# `make test`, `make lint`, `make train` build .venv from pyproject.toml when missing or stale.
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: test train test-fast gpu-check clean-venv
+.PHONY: test test-fast lint train gpu-check clean-venv
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,17 @@ $(STAMP): pyproject.toml setup.py
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
+
+# The suite without the learning tests (an agent must learn a task): quick local iterations.
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not slow and not learning"
+
+# ruff and mypy (configured in pyproject.toml); both run, and either failing fails the target.
+lint: $(STAMP)
+	@status=0; \
+	$(VENV)/bin/ruff check . || status=1; \
+	$(VENV)/bin/mypy || status=1; \
+	exit $$status
 
 train: $(STAMP)
 	$(VENV)/bin/xlstm-rl train

@@ -16,6 +16,8 @@ from gymnasium import spaces
 from xlstm_rl.agents.ppo import PPOConfig, PPOTrainer
 from xlstm_rl.schema import EnvConfig, ModelConfig
 
+pytestmark = pytest.mark.learning  # every test here checks that an agent learns
+
 TMAZE_PPO = PPOConfig(rollout_len=32, seq_len=32, minibatches=4, epochs=4, lr=1e-3,
                       ent_coef=0.01)
 
