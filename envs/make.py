@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import multiprocessing
+import os
+import signal
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,7 +15,8 @@ from gymnasium import error as gym_error
 from gymnasium.envs.registration import find_highest_version, parse_env_id
 from gymnasium.vector import AutoresetMode
 
-from xlstm_rl.envs.wrappers import WrapperSpec, apply_wrappers
+from xlstm_rl.envs.wrappers import (ImportNotAllowedError, WrapperSpec, apply_wrappers,
+                                    resolve_wrapper)
 
 TMAZE_ID = "xlstm_rl/TMaze-v0"
 DELAYED_RECALL_ID = "xlstm_rl/DelayedRecall-v0"
@@ -30,6 +34,9 @@ _TASKS: dict[str, dict[str, Any]] = {
                                 "max_episode_steps": 500, "reward_threshold": 475.0},
 }
 TASK_IDS: tuple[str, ...] = tuple(_TASKS)
+
+LOADER_IDS = frozenset({"GymV21Environment-v0", "GymV26Environment-v0"})
+"""Registered ids whose kwargs name other environments to import; refused without imports."""
 
 _AUTORESET_MODES = {"same_step": AutoresetMode.SAME_STEP, "next_step": AutoresetMode.NEXT_STEP,
                     "disabled": AutoresetMode.DISABLED}
@@ -94,11 +101,14 @@ def _unknown_id_error(env_id: str, env_name: str) -> ValueError:
     return ValueError(f"unknown environment id {env_id!r}{hint}")
 
 
-def resolve_env_id(env_id: str) -> str:
+def resolve_env_id(env_id: str, *, allow_imports: bool = True) -> str:
     """Checks an id, importing the module of a ``"module:EnvId"`` id first.
 
     Args:
         env_id: A registered id, or ``"module:EnvId"`` where importing ``module`` registers it.
+        allow_imports: Import the module of a ``"module:EnvId"`` id. False imports nothing:
+            such an id is accepted only when ``EnvId`` is registered already, and ids whose
+            kwargs name other environments to import (:data:`LOADER_IDS`) are refused.
 
     Returns:
         The id without its module prefix.
@@ -106,25 +116,35 @@ def resolve_env_id(env_id: str) -> str:
     Raises:
         ValueError: If the module cannot be imported or the id is not registered; the message
             is one line naming the id and the closest registered ids.
+        ImportNotAllowedError: (a ValueError) if the id needs an import that is not allowed.
     """
     if not isinstance(env_id, str):
         raise TypeError(f"env_id must be a str, got {type(env_id).__name__}")
     module_name, sep, env_name = env_id.partition(":")
     if not sep:
         env_name = env_id
+    elif not allow_imports:
+        if not _is_known(env_name):
+            raise ImportNotAllowedError(f"environment id {env_id[:120]!r} needs module "
+                                        f"{module_name[:80]!r} imported; imports are not "
+                                        "allowed here")
     else:
         try:
             importlib.import_module(module_name)
         except ImportError as exc:
             raise ValueError(f"unknown environment id {env_id!r}: cannot import module "
                              f"{module_name!r} ({type(exc).__name__})") from exc
+    if not allow_imports and env_name in LOADER_IDS:
+        raise ImportNotAllowedError(f"environment id {env_name!r} loads other environment "
+                                    "packages by name; not allowed here")
     if not _is_known(env_name):
         raise _unknown_id_error(env_id, env_name)
     return env_name
 
 
 def make_env(env_id: str, *, wrappers: Sequence[WrapperSpec] = (), seed: int | None = None,
-             render_mode: str | None = None, **kwargs: Any) -> gym.Env:
+             render_mode: str | None = None, allow_imports: bool = True,
+             **kwargs: Any) -> gym.Env:
     """Builds one environment from a registered id and applies wrappers in order.
 
     Args:
@@ -137,6 +157,9 @@ def make_env(env_id: str, *, wrappers: Sequence[WrapperSpec] = (), seed: int | N
             and observation spaces are seeded, so later ``env.reset()`` calls (without a seed)
             are reproducible. The observation of that reset is discarded.
         render_mode: Passed to the environment when not None.
+        allow_imports: Import what ``env_id`` and string wrapper specs name. False imports
+            and calls nothing by name: only registered ids and callable wrappers are used
+            (see :func:`resolve_env_id`).
         **kwargs: Passed to ``gymnasium.make`` (constructor kwargs, ``max_episode_steps``, ...).
 
     Returns:
@@ -145,15 +168,24 @@ def make_env(env_id: str, *, wrappers: Sequence[WrapperSpec] = (), seed: int | N
     Raises:
         ValueError: For an unknown id or a bad wrapper specification (one-line message).
     """
-    env_name = resolve_env_id(env_id)
+    env_name = resolve_env_id(env_id, allow_imports=allow_imports)
+    _check_wrappers(wrappers, allow_imports)
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
-    env = apply_wrappers(gym.make(env_name, **kwargs), wrappers)
+    env = apply_wrappers(gym.make(env_name, **kwargs), wrappers, allow_imports=allow_imports)
     if seed is not None:
         env.reset(seed=int(seed))
         env.action_space.seed(int(seed))
         env.observation_space.seed(int(seed))
     return env
+
+
+def _check_wrappers(wrappers: Sequence[WrapperSpec], allow_imports: bool) -> None:
+    """Without imports, refuses string wrapper specs before any env is built."""
+    if not allow_imports:
+        specs = [wrappers] if isinstance(wrappers, (str, dict)) else wrappers
+        for spec in specs:
+            resolve_wrapper(spec, allow_imports=False)
 
 
 def _autoreset_mode(mode: str | AutoresetMode) -> AutoresetMode:
@@ -168,7 +200,7 @@ def _autoreset_mode(mode: str | AutoresetMode) -> AutoresetMode:
 def make_vec_env(env_id: str, num_envs: int, *, vectorization: str = "sync",
                  seed: int | None = None, wrappers: Sequence[WrapperSpec] = (),
                  autoreset_mode: str | AutoresetMode = "same_step",
-                 **kwargs: Any) -> gym.vector.VectorEnv:
+                 allow_imports: bool = True, **kwargs: Any) -> gym.vector.VectorEnv:
     """Builds ``num_envs`` copies of an environment in a gymnasium vector env.
 
     With the default ``autoreset_mode="same_step"`` (``AutoresetMode.SAME_STEP``) a sub-env
@@ -195,7 +227,14 @@ def make_vec_env(env_id: str, num_envs: int, *, vectorization: str = "sync",
         wrappers: Wrapper specifications applied to every sub-env (see :func:`make_env`).
         autoreset_mode: ``"same_step"`` (default), ``"next_step"``, ``"disabled"`` or an
             ``AutoresetMode``.
+        allow_imports: Import what ``env_id`` and string wrapper specs name (see
+            :func:`make_env`).
         **kwargs: Passed to ``gymnasium.make`` for every sub-env.
+
+    Async sub-envs run in worker processes started with an explicit start method (``fork``
+    where the OS has it, else ``spawn``), so a process-wide change of the default start method
+    does not reach them; the workers ignore SIGINT (a Ctrl-C reaches the whole process group),
+    so the main process decides what an interrupt does and can still talk to them.
 
     Returns:
         The vector environment.
@@ -207,26 +246,38 @@ def make_vec_env(env_id: str, num_envs: int, *, vectorization: str = "sync",
     if int(num_envs) < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     mode = _autoreset_mode(autoreset_mode)
-    resolve_env_id(env_id)  # fail here, in this process, with a readable error
+    resolve_env_id(env_id, allow_imports=allow_imports)  # fail here, readably
     wrappers = list(wrappers) if not isinstance(wrappers, (str, dict)) else [wrappers]
-    apply = _env_fn(env_id, wrappers, kwargs)
-    env_fns = [apply for _ in range(int(num_envs))]
-    if vectorization == "sync":
-        envs: gym.vector.VectorEnv = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=mode)
-    elif vectorization == "async":
-        envs = gym.vector.AsyncVectorEnv(env_fns, autoreset_mode=mode)
-    else:
+    _check_wrappers(wrappers, allow_imports)
+    if vectorization not in ("sync", "async"):
         raise ValueError(f"unknown vectorization {vectorization!r}; expected 'sync' or 'async'")
+    worker = vectorization == "async"
+    apply = _env_fn(env_id, wrappers, kwargs, allow_imports, os.getpid() if worker else None)
+    env_fns = [apply for _ in range(int(num_envs))]
+    if worker:
+        envs: gym.vector.VectorEnv = gym.vector.AsyncVectorEnv(
+            env_fns, autoreset_mode=mode, context=worker_start_method())
+    else:
+        envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=mode)
     if seed is not None:
         envs.reset(seed=int(seed))
         envs.action_space.seed(int(seed))
     return envs
 
 
-def _env_fn(env_id: str, wrappers: list[WrapperSpec], kwargs: dict[str, Any]
-            ) -> Callable[[], gym.Env]:
+def worker_start_method() -> str:
+    """The multiprocessing start method of async env workers: ``fork`` where available."""
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def _env_fn(env_id: str, wrappers: list[WrapperSpec], kwargs: dict[str, Any],
+            allow_imports: bool, parent_pid: int | None) -> Callable[[], gym.Env]:
+    """The env thunk; with ``parent_pid`` it ignores SIGINT when run in another process (an
+    async worker), never in the parent (which also calls it once, for the spaces)."""
     def thunk() -> gym.Env:
-        return make_env(env_id, wrappers=wrappers, **kwargs)
+        if parent_pid is not None and os.getpid() != parent_pid:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return make_env(env_id, wrappers=wrappers, allow_imports=allow_imports, **kwargs)
     return thunk
 
 

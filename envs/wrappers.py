@@ -9,6 +9,10 @@ A wrapper specification is one of:
 
 Specifications are applied in order, so the first one wraps the bare environment and the last
 one is outermost.
+
+With ``allow_imports=False`` a string is never resolved (nothing is imported or called by
+name): only callables given by the calling code are applied. ``xlstm-rl eval`` uses that for
+checkpoints it was not told to trust.
 """
 from __future__ import annotations
 
@@ -51,11 +55,18 @@ def import_object(path: str) -> Any:
     return obj
 
 
-def resolve_wrapper(spec: WrapperSpec) -> tuple[Callable[..., gym.Env], dict[str, Any]]:
+class ImportNotAllowedError(ValueError):
+    """A name would have to be imported, but the caller forbade imports (one-line message)."""
+
+
+def resolve_wrapper(spec: WrapperSpec, *, allow_imports: bool = True
+                    ) -> tuple[Callable[..., gym.Env], dict[str, Any]]:
     """Resolves one wrapper specification into a callable and its keyword arguments.
 
     Args:
         spec: A callable, a dotted path, or a ``{"name": ..., "kwargs": {...}}`` dict.
+        allow_imports: Resolve dotted paths by importing them; False refuses them with
+            :class:`ImportNotAllowedError`.
 
     Returns:
         ``(wrapper, kwargs)`` such that ``wrapper(env, **kwargs)`` wraps ``env``.
@@ -72,18 +83,24 @@ def resolve_wrapper(spec: WrapperSpec) -> tuple[Callable[..., gym.Env], dict[str
                              "'kwargs'")
         target, kwargs = spec["name"], dict(spec.get("kwargs") or {})
     if isinstance(target, str):
+        if not allow_imports:
+            raise ImportNotAllowedError(f"wrapper {target[:120]!r} is named by a string; "
+                                        "imports are not allowed here")
         target = import_object(target)
     if not callable(target):
         raise ValueError(f"bad wrapper spec {spec!r}: {target!r} is not callable")
     return target, kwargs
 
 
-def apply_wrappers(env: gym.Env, wrappers: Sequence[WrapperSpec]) -> gym.Env:
+def apply_wrappers(env: gym.Env, wrappers: Sequence[WrapperSpec], *,
+                   allow_imports: bool = True) -> gym.Env:
     """Applies wrapper specifications to ``env`` in order (the last one is outermost).
 
     Args:
         env: The environment to wrap.
         wrappers: Wrapper specifications (see the module docstring).
+        allow_imports: Resolve dotted paths by importing them; False refuses every string
+            specification before anything is applied.
 
     Returns:
         The wrapped environment.
@@ -93,8 +110,8 @@ def apply_wrappers(env: gym.Env, wrappers: Sequence[WrapperSpec]) -> gym.Env:
     """
     if isinstance(wrappers, (str, Mapping)) or callable(wrappers):
         wrappers = [wrappers]
-    for spec in wrappers:
-        wrapper, kwargs = resolve_wrapper(spec)
+    resolved = [resolve_wrapper(spec, allow_imports=allow_imports) for spec in wrappers]
+    for spec, (wrapper, kwargs) in zip(wrappers, resolved):
         env = wrapper(env, **kwargs)
         if not isinstance(env, gym.Env):
             raise ValueError(f"wrapper {spec!r} returned {type(env).__name__}, not a gymnasium.Env")

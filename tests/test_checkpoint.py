@@ -146,7 +146,7 @@ def _rewrite_metadata(path, **changes) -> None:
 def test_wrong_format_version(tmp_path) -> None:
     path = _save(tmp_path / "x.safetensors")
     _rewrite_metadata(path, format_version="99")
-    with pytest.raises(CheckpointError, match="format version 99.*reads version 1 only"):
+    with pytest.raises(CheckpointError, match="format version 99.*reads versions 1 and 2 only"):
         read_header(path)
 
 

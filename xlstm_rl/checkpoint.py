@@ -14,10 +14,14 @@ exactly as given: integer dict keys stay integers), stored as
   ``spaces``            observation and action spaces (JSON, see :mod:`xlstm_rl.spaces`)
   ``structure``         the nested state with tensors replaced by references (JSON)
   ``extra``             free-form JSON (run progress, evaluation results, ...)
-  ``sha256``            a digest of all tensor bytes, checked on load
+  ``sha256``            a digest of all tensor bytes and of every metadata field above,
+                        checked on load (format 1 files: of the tensors only)
 
-Files are written to a temporary name and renamed, so an interrupted save never leaves a
-half-written checkpoint behind.
+Files are written to a temporary name, fsynced and renamed, so an interrupted save never
+leaves a half-written checkpoint behind; a state holding a NaN or infinite floating-point
+tensor is never written (:class:`NonFiniteCheckpointError`), so it cannot replace a good file.
+Metadata are checked before anything is built from them: JSON nesting is bounded
+(:data:`MAX_DEPTH`) and the state must be a mapping.
 """
 from __future__ import annotations
 
@@ -33,15 +37,26 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from xlstm_rl.fileio import commit_temp, temp_path
 from xlstm_rl.version import __version__
 
 FORMAT_NAME = "xlstm-rl-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version written. Version 1 (digest over the tensors only) is still read."""
+READABLE_VERSIONS = (1, 2)
 _MAX_HEADER = 100 * 2**20
+MAX_DEPTH = 64
+"""Deepest nesting of JSON metadata (config, spaces, structure, extra) accepted."""
+_DIGESTED_METADATA = ("format", "format_version", "library_version", "config", "spaces",
+                      "structure", "extra")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message is one line and names the file."""
+
+
+class NonFiniteCheckpointError(CheckpointError):
+    """A state holding NaN or infinite values was not written (one-line message)."""
 
 
 @dataclass(frozen=True)
@@ -114,14 +129,30 @@ def _decode(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return items if kind == "l" else tuple(items)
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
+def _digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
+    """SHA-256 over the tensors (names, dtypes, shapes, bytes) and, from format 2 on, over
+    the metadata fields in :data:`_DIGESTED_METADATA` (``metadata=None``: format 1 rule)."""
     h = hashlib.sha256()
     for key in sorted(tensors):
         t = tensors[key]
         h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
         if t.numel():
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    if metadata is not None:
+        for key in _DIGESTED_METADATA:
+            value = str(metadata.get(key, "")).encode()
+            h.update(f"|{key}:{len(value)}:".encode())
+            h.update(value)
     return h.hexdigest()
+
+
+def _first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """Name of the first floating-point tensor holding NaN or inf (None if all are finite)."""
+    for key, t in tensors.items():
+        if (t.is_floating_point() or t.is_complex()) and t.numel() \
+                and not bool(torch.isfinite(t).all()):
+            return key
+    return None
 
 
 # ---------------------------------------------------------------------------- save
@@ -144,21 +175,29 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], *,
 
     Raises:
         TypeError: If the state holds an object that cannot be saved without pickle.
+        NonFiniteCheckpointError: If a floating-point tensor holds NaN or inf; nothing is
+            written then.
     """
     tensors: dict[str, torch.Tensor] = {}
     structure = _encode(state, "", tensors)
+    path = Path(path)
+    bad = _first_non_finite(tensors)
+    if bad is not None:
+        raise NonFiniteCheckpointError(f"not writing checkpoint {path}: tensor {bad!r} holds "
+                                       "NaN or infinite values (the previous file, if any, is "
+                                       "kept)")
     metadata = {
         "format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
         "library_version": __version__, "config": json.dumps(config or {}),
         "spaces": json.dumps(spaces or {}), "structure": json.dumps(structure),
-        "extra": json.dumps(extra or {}), "sha256": _digest(tensors),
+        "extra": json.dumps(extra or {}),
     }
-    path = Path(path)
+    metadata["sha256"] = _digest(tensors, metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_path(path)
     try:
         save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
+        commit_temp(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -194,7 +233,7 @@ def _raw_header(path: Path) -> tuple[int, dict[str, Any]]:
         header = json.loads(raw)
         if not isinstance(header, dict):
             raise TypeError("header is not a JSON object")
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise _not_safetensors(path, head, "unreadable header") from exc
     return n, header
 
@@ -233,17 +272,47 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path} is truncated or corrupted (expected {8 + n + end} bytes, "
                               f"found {size})")
     version = meta.get("format_version")
-    if version != str(FORMAT_VERSION):
-        raise CheckpointError(f"{path} has checkpoint format version {version}, but xlstm-rl "
-                              f"{__version__} reads version {FORMAT_VERSION} only")
+    if version not in [str(v) for v in READABLE_VERSIONS]:
+        readable = " and ".join(str(v) for v in READABLE_VERSIONS)
+        raise CheckpointError(f"{path} has checkpoint format version {str(version)[:20]}, but "
+                              f"xlstm-rl {__version__} reads versions {readable} only")
+    if not all(isinstance(v, str) for v in meta.values()):
+        raise CheckpointError(f"{path} is corrupted: metadata values must be strings")
     return header
 
 
+def _depth_ok(data: Any, limit: int) -> bool:
+    """True if ``data`` nests dicts and lists at most ``limit`` levels deep (iteratively)."""
+    todo = [(data, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, (dict, list)):
+            if depth > limit:
+                return False
+            values = node.values() if isinstance(node, dict) else node
+            todo.extend((v, depth + 1) for v in values)
+    return True
+
+
 def _json_meta(meta: dict[str, str], key: str, path: Path) -> Any:
+    """A metadata field parsed as JSON, nesting at most :data:`MAX_DEPTH` levels deep."""
     try:
-        return json.loads(meta.get(key) or "{}")
-    except ValueError as exc:
+        value = json.loads(meta.get(key) or "{}")
+    except (ValueError, RecursionError) as exc:
         raise CheckpointError(f"{path} is corrupted: metadata {key!r} is not valid JSON") from exc
+    if not _depth_ok(value, MAX_DEPTH):
+        raise CheckpointError(f"{path}: metadata {key!r} is nested more than {MAX_DEPTH} levels "
+                              "deep; refusing it")
+    return value
+
+
+def _checked_digest(path: Path, meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> None:
+    """Checks the file's digest: format 2 covers the metadata too, format 1 tensors only."""
+    v1 = meta.get("format_version") == "1"
+    if _digest(tensors, None if v1 else meta) != meta.get("sha256"):
+        changed = "" if v1 else " (or its metadata were changed)"
+        raise CheckpointError(f"{path} is corrupted: tensor data do not match their "
+                              f"checksum{changed}")
 
 
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu"
@@ -258,7 +327,8 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         The :class:`Checkpoint`.
 
     Raises:
-        CheckpointError: See :func:`read_header`; also if the tensor data fail their digest.
+        CheckpointError: See :func:`read_header`; also if the tensors or metadata fail their
+            digest, the metadata nest too deeply or the state is not a mapping.
     """
     path = Path(path)
     meta = read_header(path)["__metadata__"]
@@ -266,19 +336,24 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         tensors = load_file(str(path), device="cpu")
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"{path} is corrupted: {str(exc).splitlines()[0][:120]}") from exc
-    if _digest(tensors) != meta.get("sha256"):
-        raise CheckpointError(f"{path} is corrupted: tensor data do not match their checksum")
+    fields = {key: _json_meta(meta, key, path) for key in ("structure", "config", "spaces",
+                                                            "extra")}
+    for key, value in fields.items():
+        if not isinstance(value, dict):
+            raise CheckpointError(f"{path} is corrupted: metadata {key!r} is a "
+                                  f"{type(value).__name__}, not a JSON object")
+    _checked_digest(path, meta, tensors)
     try:
-        state = _decode(_json_meta(meta, "structure", path), tensors)
+        state = _decode(fields.pop("structure"), tensors)
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{path} is corrupted: bad state structure") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is corrupted: the state is a {type(state).__name__}, "
+                              "not a mapping")
     if str(device) != "cpu":
         state = _to_device(state, torch.device(device))
-    return Checkpoint(path=path, state=state, config=_json_meta(meta, "config", path),
-                      spaces=_json_meta(meta, "spaces", path),
-                      extra=_json_meta(meta, "extra", path),
-                      format_version=int(meta["format_version"]),
-                      library_version=meta.get("library_version", "unknown"))
+    return Checkpoint(path=path, state=state, format_version=int(meta["format_version"]),
+                      library_version=meta.get("library_version", "unknown"), **fields)
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:

@@ -115,75 +115,128 @@ class Policy:
                 f"observation_space={self.observation_space}, action_space={self.action_space})")
 
 
-def check_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
-    """Checks that ``weights`` fit ``model`` exactly (same names and shapes).
+def _weight_mismatch(expected: dict[str, torch.Tensor], weights: dict[str, Any]) -> str | None:
+    """The first difference between a model's state_dict and ``weights`` (None if they fit)."""
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    for k in expected:
+        if k not in weights:
+            continue
+        have = weights[k]
+        if not isinstance(have, torch.Tensor):
+            return f"{k!r} is a {type(have).__name__} in the checkpoint, not a tensor"
+        if tuple(expected[k].shape) != tuple(have.shape):
+            return (f"{k!r} has shape {list(have.shape)} in the checkpoint but "
+                    f"{list(expected[k].shape)} in the model")
+        if expected[k].dtype != have.dtype:
+            return (f"{k!r} has dtype {str(have.dtype).removeprefix('torch.')} in the "
+                    f"checkpoint but {str(expected[k].dtype).removeprefix('torch.')} in the model")
+    if missing:
+        return f"{len(missing)} weights missing from the checkpoint, e.g. {missing[0]!r}"
+    if unexpected:
+        return f"{len(unexpected)} unexpected weights, e.g. {str(unexpected[0])[:80]!r}"
+    return None
+
+
+def check_weights(model: torch.nn.Module, weights: dict[str, Any], where: str) -> None:
+    """Checks that ``weights`` fit ``model`` exactly: same names, shapes and dtypes, tensors only.
+
+    ``model`` may live on the ``meta`` device (built without memory), so a file can be checked
+    before a large network is allocated.
 
     Raises:
         CheckpointError: A one-line message naming the first mismatch.
     """
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in weights]
-    unexpected = [k for k in weights if k not in expected]
-    shapes = [k for k in expected if k in weights
-              and tuple(expected[k].shape) != tuple(weights[k].shape)]
-    if not (missing or unexpected or shapes):
-        return
-    if shapes:
-        k = shapes[0]
-        detail = (f"{k!r} has shape {list(weights[k].shape)} in the checkpoint but "
-                  f"{list(expected[k].shape)} in the model")
-    elif missing:
-        detail = f"{len(missing)} weights missing from the checkpoint, e.g. {missing[0]!r}"
-    else:
-        detail = f"{len(unexpected)} unexpected weights, e.g. {unexpected[0]!r}"
-    raise CheckpointError(f"{where}: the weights do not match the model architecture of the "
-                          f"config ({detail})")
+    detail = _weight_mismatch(model.state_dict(), weights)
+    if detail is not None:
+        raise CheckpointError(f"{where}: the weights do not match the model architecture of the "
+                              f"config ({detail})")
 
 
 def checkpoint_spaces(ckpt: Checkpoint) -> tuple[spaces.Space, spaces.Space]:
-    """The observation and action spaces stored in a checkpoint."""
+    """The observation and action spaces stored in a checkpoint (validated, bounded)."""
     try:
         return (space_from_json(ckpt.spaces["observation"]),
                 space_from_json(ckpt.spaces["action"]))
     except (KeyError, TypeError, SpaceError) as exc:
         raise CheckpointError(f"{ckpt.path}: no usable observation/action space description "
-                              f"({exc})") from exc
+                              f"({str(exc)[:160]})") from exc
 
 
 def checkpoint_config(ckpt: Checkpoint) -> RunConfig:
-    """The run config stored in a checkpoint."""
+    """The run config stored in a checkpoint (every field's range checked)."""
     try:
         return RunConfig.from_dict(ckpt.config)
     except ConfigError as exc:
         raise CheckpointError(f"{ckpt.path}: its config is invalid ({exc})") from exc
 
 
-def policy_from_checkpoint(ckpt: Checkpoint, device: str | torch.device = "cpu") -> Policy:
-    """Builds the :class:`Policy` of a loaded checkpoint (see :func:`load_policy`)."""
-    import xlstm_rl.envs  # noqa: F401  (registers the xlstm_rl/* ids for gym.make)
-    from xlstm_rl.agents.ppo.obs_norm import ObsNormalizer
+def _build_network(ckpt: Checkpoint, config: RunConfig, obs_space: spaces.Space,
+                   act_space: spaces.Space) -> torch.nn.Module:
+    """The checkpoint's network with its weights; checked on the meta device first, so a
+    file whose config asks for a huge network but holds other weights allocates nothing."""
     from xlstm_rl.networks import ActorCritic
 
-    config = checkpoint_config(ckpt)
-    obs_space, act_space = checkpoint_spaces(ckpt)
     weights = ckpt.state.get("policy")
     if not isinstance(weights, dict):
         raise CheckpointError(f"{ckpt.path} holds no policy weights")
     model = replace(config.model, backend="auto")  # kernels are the user's choice, not the file's
     try:
-        network = ActorCritic(obs_space, act_space, model)
-    except ValueError as exc:
+        with torch.device("meta"):
+            skeleton = ActorCritic(obs_space, act_space, model)
+    except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{ckpt.path}: cannot build its network ({exc})") from exc
-    check_weights(network, weights, str(ckpt.path))
+    check_weights(skeleton, weights, str(ckpt.path))
+    network = ActorCritic(obs_space, act_space, model)
     network.load_state_dict(weights)
+    return network
+
+
+def _check_obs_norm(ckpt: Checkpoint, stats: Any, obs_space: spaces.Space) -> None:
+    """Observation-normalization statistics must be finite float tensors of the space's shape."""
+    if not isinstance(obs_space, spaces.Box):
+        raise CheckpointError(f"{ckpt.path}: its config normalizes observations, but the "
+                              f"observation space is {type(obs_space).__name__}, not a Box")
+    if not isinstance(stats, dict):
+        raise CheckpointError(f"{ckpt.path}: observation normalization statistics are missing")
+    for key, shape in (("mean", tuple(obs_space.shape)), ("var", tuple(obs_space.shape)),
+                       ("count", None)):
+        value = stats.get(key)
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise CheckpointError(f"{ckpt.path}: observation normalization statistic {key!r} is "
+                                  "missing or not a floating-point tensor")
+        if (value.numel() != 1) if shape is None else (tuple(value.shape) != shape):
+            want = "one value" if shape is None else f"shape {list(shape)}"
+            raise CheckpointError(f"{ckpt.path}: observation normalization statistic {key!r} "
+                                  f"has shape {list(value.shape)}; the observation space needs "
+                                  f"{want}")
+        if not bool(torch.isfinite(value).all()) or (key != "mean" and bool((value < 0).any())):
+            raise CheckpointError(f"{ckpt.path}: observation normalization statistic {key!r} "
+                                  "holds NaN, infinite or negative values")
+
+
+def policy_from_checkpoint(ckpt: Checkpoint, device: str | torch.device = "cpu") -> Policy:
+    """Builds the :class:`Policy` of a loaded checkpoint (see :func:`load_policy`).
+
+    Runs nothing the file names: the config, the spaces and the weights' names, shapes and
+    dtypes are all checked before the network is allocated.
+    """
+    import xlstm_rl.envs  # noqa: F401  (registers the xlstm_rl/* ids for gym.make)
+    from xlstm_rl.obs_norm import ObsNormalizer
+
+    config = checkpoint_config(ckpt)
+    obs_space, act_space = checkpoint_spaces(ckpt)
+    network = _build_network(ckpt, config, obs_space, act_space)
     normalizer = None
     if config.ppo.normalize_obs:
+        stats = ckpt.state.get("obs_norm")
+        _check_obs_norm(ckpt, stats, obs_space)
         normalizer = ObsNormalizer(obs_space.shape, clip=config.ppo.obs_clip)
         try:
-            normalizer.load_state_dict(ckpt.state["obs_norm"])
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise CheckpointError(f"{ckpt.path}: observation normalization statistics are "
-                                  "missing") from exc
+            normalizer.load_state_dict(stats)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CheckpointError(f"{ckpt.path}: bad observation normalization statistics "
+                                  f"({str(exc)[:160]})") from exc
     return Policy(network.to(device), obs_space, act_space, config, normalizer, device)
 
 
@@ -200,8 +253,10 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
 
     Raises:
         CheckpointError: Missing, truncated, corrupted or foreign file (a pickle is refused,
-            never unpickled), unsupported format version, or weights that do not match the
-            architecture in the checkpoint's config.
+            never unpickled), unsupported format version, malformed or out-of-range metadata,
+            weights that do not match the architecture in the checkpoint's config (names,
+            shapes, dtypes) or observation statistics of the wrong shape. Nothing the file
+            names (env modules, wrappers) is imported or called.
     """
     from xlstm_rl.rundir import RunDirError, find_checkpoint
 

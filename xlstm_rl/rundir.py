@@ -8,12 +8,23 @@ A run directory holds::
     checkpoints/latest.safetensors  the most recent state (also written on interrupt)
     checkpoints/best.safetensors    the state with the best evaluation return so far
     eval.json                       the final evaluation summary
+    .xlstm-rl-run                   marker: this folder was created by xlstm-rl (JSON)
+
+``--overwrite`` deletes a folder only when it carries the marker and holds nothing but the
+entries above (and stale ``.<name>.tmp<pid>`` files of killed writers); anything else in it is
+refused with a one-line error and nothing is touched.
 """
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
+
+from xlstm_rl.version import __version__
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -22,6 +33,9 @@ CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.safetensors"
 BEST = "best.safetensors"
 EVAL_FILE = "eval.json"
+MARKER_FILE = ".xlstm-rl-run"
+_TOP_FILES = frozenset({CONFIG_FILE, METRICS_FILE, EVAL_FILE, MARKER_FILE})
+_TMP = re.compile(r"^\..+\.tmp\d+$")
 
 
 class RunDirError(ValueError):
@@ -38,47 +52,126 @@ def default_run_dir(name: str, root: str | Path = "runs") -> Path:
 
 
 def looks_like_run_dir(path: Path) -> bool:
-    """True if ``path`` holds the files of an xlstm-rl run."""
+    """True if ``path`` holds the files of an xlstm-rl run (old run directories included)."""
     return (path / CONFIG_FILE).is_file() or (path / CHECKPOINT_DIR).is_dir()
+
+
+def _foreign_entry(path: Path) -> Path | None:
+    """The first entry of run directory ``path`` that xlstm-rl does not write (None: all are
+    its own). Symbolic links always count as foreign."""
+    allowed_below = {CHECKPOINT_DIR: lambda n: n.endswith(".safetensors"),
+                     TB_DIR: lambda n: n.startswith("events.out.tfevents.")}
+    for entry in sorted(path.iterdir()):
+        if entry.is_symlink():
+            return entry
+        if entry.name in _TOP_FILES or _TMP.match(entry.name):
+            if not entry.is_file():
+                return entry
+            continue
+        if entry.name not in allowed_below or not entry.is_dir():
+            return entry
+        for inner in sorted(entry.rglob("*")):
+            if inner.is_symlink() or not inner.is_file() or not (
+                    allowed_below[entry.name](inner.name) or _TMP.match(inner.name)):
+                return inner
+    return None
+
+
+def _check_overwrite(path: Path) -> None:
+    """Refuses to delete a folder unless xlstm-rl wrote everything in it."""
+    if not (path / MARKER_FILE).is_file():
+        if looks_like_run_dir(path):
+            raise RunDirError(f"refusing to overwrite {path}: it has no {MARKER_FILE} marker "
+                              "(a run directory of an older xlstm-rl, or not one at all); "
+                              "delete it by hand if you no longer need it")
+        raise RunDirError(f"{path} is not empty and does not look like an xlstm-rl run "
+                          "directory; refusing to overwrite it")
+    foreign = _foreign_entry(path)
+    if foreign is not None:
+        raise RunDirError(f"refusing to overwrite {path}: it holds {foreign.relative_to(path)}, "
+                          "which xlstm-rl did not write; move it away or choose another "
+                          "--run-dir")
+
+
+def check_creatable_dir(path: str | Path) -> None:
+    """Checks that folder ``path`` exists or can be created, by a probe that leaves nothing.
+
+    Raises:
+        RunDirError: If an ancestor is a regular file, or the nearest existing ancestor
+            cannot be written (``/proc/...``, a read-only mount, missing permissions).
+    """
+    path = Path(path).absolute()
+    existing = path
+    while not existing.exists():
+        if existing.is_symlink():
+            raise RunDirError(f"cannot create run directory {path}: {existing} is a broken link")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunDirError(f"cannot create run directory {path}: {existing} is a file, not a "
+                          "directory")
+    try:
+        probe = tempfile.mkdtemp(prefix=".xlstm-rl-probe-", dir=existing)
+    except OSError as exc:
+        raise RunDirError(f"cannot write run directory {path}: {existing} is not writable "
+                          f"({exc.strerror or type(exc).__name__})") from exc
+    os.rmdir(probe)
 
 
 def check_new_run_dir(path: str | Path, overwrite: bool = False) -> None:
     """Checks that a fresh run may use ``path``; changes nothing.
 
     Raises:
-        RunDirError: If ``path`` exists and is not an empty directory, unless ``overwrite``
-            is set and it looks like a run directory (an unrelated folder is never deleted).
+        RunDirError: If ``path`` cannot be created or written, or exists and is not an empty
+            directory, unless ``overwrite`` is set and xlstm-rl wrote everything in it (its
+            marker file is present and nothing else is there).
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise RunDirError(f"run directory {path} exists and is not a directory")
+    check_creatable_dir(path)
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
             raise RunDirError(f"run directory {path} already exists; pass --resume {path} to "
                               "continue it or --overwrite to replace it")
-        if not looks_like_run_dir(path):
-            raise RunDirError(f"{path} is not empty and does not look like an xlstm-rl run "
-                              "directory; refusing to overwrite it")
+        _check_overwrite(path)
+
+
+def write_marker(path: str | Path) -> Path:
+    """Writes the marker that identifies ``path`` as a run directory created by xlstm-rl."""
+    from xlstm_rl.fileio import atomic_write_text
+
+    marker = Path(path) / MARKER_FILE
+    info = {"library": "xlstm-rl", "version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return atomic_write_text(marker, json.dumps(info) + "\n")
 
 
 def prepare_new_run_dir(path: str | Path, overwrite: bool = False) -> Path:
     """Creates an empty run directory for a fresh run (see :func:`check_new_run_dir`).
 
+    The directory gets the :data:`MARKER_FILE` marker, so a later ``--overwrite`` knows
+    xlstm-rl made it.
+
     Args:
         path: The directory.
-        overwrite: Delete an existing run directory first.
+        overwrite: Delete an existing run directory first (only one xlstm-rl wrote).
 
     Returns:
-        The directory, created and empty.
+        The directory, created, holding only the marker.
 
     Raises:
         RunDirError: As :func:`check_new_run_dir`; nothing is changed then.
     """
     path = Path(path)
     check_new_run_dir(path, overwrite)
-    if path.is_dir() and any(path.iterdir()):
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        if path.is_dir() and any(path.iterdir()):
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+        write_marker(path)
+    except OSError as exc:
+        raise RunDirError(f"cannot create run directory {path}: "
+                          f"{exc.strerror or type(exc).__name__}") from exc
     return path
 
 

@@ -70,6 +70,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--video", metavar="DIR", help="record videos to DIR (needs moviepy and an "
                    "env that renders rgb_array; uses one env)")
     p.add_argument("--json", metavar="FILE", help="also write the summary as JSON to FILE")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="trust the checkpoint file: import the env module ('module:EnvId') and "
+                   "apply the wrappers its config names, which runs code of the file's "
+                   "choosing. Without it, eval imports and calls nothing the file names")
 
 
 def _add_plot(sub: argparse._SubParsersAction) -> None:

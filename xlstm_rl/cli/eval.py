@@ -1,4 +1,11 @@
-"""``xlstm-rl eval``: run a trained policy for N episodes and report return statistics."""
+"""``xlstm-rl eval``: run a trained policy for N episodes and report return statistics.
+
+A checkpoint is data, not code: unless ``--trust-checkpoint`` is given, eval never imports
+or calls anything the file names. The env is built from ids registered in gymnasium (after
+``import xlstm_rl.envs``) or given with ``--env``; the ``module:`` part of a
+``module:EnvId`` id and the wrappers in the file's config are not imported or applied, and a
+file that needs them is refused with a one-line error.
+"""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from xlstm_rl.cli.errors import UserError, as_user_error, check_device
+from xlstm_rl.fileio import atomic_write_text
 
 
 def run_episodes(policy: Any, envs: Any, episodes: int, *, deterministic: bool = True,
@@ -81,28 +89,66 @@ def _video_wrapper(folder: str, env_id: str, episodes: int) -> dict[str, Any]:
     if "rgb_array" not in modes:
         raise UserError(f"--video needs an env that renders rgb_array frames; {env_id} renders "
                         f"{', '.join(modes) or 'nothing'}")
-    return {"name": "gymnasium.wrappers.RecordVideo",
+    from gymnasium.wrappers import RecordVideo  # a callable, so nothing is imported by name
+
+    return {"name": RecordVideo,
             "kwargs": {"video_folder": str(folder), "episode_trigger": lambda e: e < episodes,
                        "name_prefix": "eval", "disable_logger": True}}
 
 
-def _make_envs(policy: Any, args: argparse.Namespace) -> tuple[Any, str]:
+def _named_code(env_id: str, wrappers: list[Any]) -> list[str]:
+    """What a config would make eval import or call: an unregistered ``module:`` prefix and
+    wrappers (as short names)."""
+    import gymnasium as gym
+
+    module, sep, name = env_id.partition(":")
+    named = [f"env module {module[:60]!r}"] if sep and name not in gym.registry else []
+    for spec in wrappers:
+        target = spec.get("name") if isinstance(spec, dict) else spec
+        named.append(f"wrapper {str(target)[:60]!r}")
+    return named
+
+
+def _env_source(policy: Any, args: argparse.Namespace, path: Any
+                ) -> tuple[str, list[Any], dict[str, Any], bool]:
+    """``(env_id, wrappers, kwargs, allow_imports)`` for the evaluation env.
+
+    Untrusted (the default), the file's config may name only registered ids and no wrappers;
+    ``--env`` replaces its id (the user's own id may be ``module:EnvId``) and drops its
+    wrappers, keeping its kwargs only for the same id.
+    """
+    env = policy.config.env
+    trusted = bool(getattr(args, "trust_checkpoint", False))
+    wrappers, kwargs = list(env.wrappers), dict(env.kwargs)
+    if args.env is not None:
+        same = args.env == env.id
+        return args.env, wrappers if same and trusted else [], kwargs if same else {}, True
+    if not trusted:
+        named = _named_code(env.id, wrappers)
+        if named:
+            raise UserError(f"{path} names code to run ({', '.join(named[:3])}"
+                            f"{', ...' if len(named) > 3 else ''}); eval does not import or "
+                            "call what a checkpoint names: pass --env ID to evaluate on a "
+                            "registered env, or --trust-checkpoint if you trust this file")
+    return env.id, wrappers, kwargs, trusted
+
+
+def _make_envs(policy: Any, args: argparse.Namespace, path: Any = None) -> tuple[Any, str]:
+    from gymnasium.error import Error as GymError
+
     from xlstm_rl.envs import make_vec_env
 
-    env = policy.config.env
-    env_id, wrappers, kwargs = env.id, list(env.wrappers), dict(env.kwargs)
-    if args.env is not None and args.env != env.id:
-        env_id, wrappers, kwargs = args.env, [], {}
-    num_envs = args.num_envs or min(args.episodes, env.num_envs)
+    env_id, wrappers, kwargs, allow_imports = _env_source(policy, args, path)
+    num_envs = args.num_envs or min(args.episodes, policy.config.env.num_envs)
     if args.video:
         wrappers.append(_video_wrapper(args.video, env_id, args.episodes))
         kwargs["render_mode"] = "rgb_array"
         num_envs = 1
     if num_envs < 1:
         raise UserError(f"--num-envs must be >= 1, got {num_envs}")
-    with as_user_error():
+    with as_user_error(types=(ValueError, TypeError, GymError)):
         envs = make_vec_env(env_id, num_envs, wrappers=wrappers, autoreset_mode="same_step",
-                            **kwargs)
+                            allow_imports=allow_imports, **kwargs)
     for what, have, want in (("observation", envs.single_observation_space,
                               policy.observation_space),
                              ("action", envs.single_action_space, policy.action_space)):
@@ -111,6 +157,28 @@ def _make_envs(policy: Any, args: argparse.Namespace) -> tuple[Any, str]:
             raise UserError(f"{env_id} has {what} space {have}, but the policy was trained on "
                             f"{want}")
     return envs, env_id
+
+
+def check_writable_file(path: str | Path, what: str) -> Path:
+    """Checks, before any work, that file ``path`` can be written (by a probe file that is
+    removed again). Creates missing parent folders; writes nothing else.
+
+    Raises:
+        UserError: If ``path`` is a folder or its folder cannot be created or written.
+    """
+    import tempfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".xlstm-rl-probe-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{what} {path} cannot be written "
+                        f"({exc.strerror or type(exc).__name__})") from exc
+    return path
 
 
 def _print(result: dict[str, float], header: str) -> None:
@@ -135,9 +203,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise UserError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.json:
+        check_writable_file(args.json, "--json file")
     ckpt = load_checkpoint(find_checkpoint(args.source))
     policy = policy_from_checkpoint(ckpt, device=check_device(args.device))
-    envs, env_id = _make_envs(policy, args)
+    envs, env_id = _make_envs(policy, args, ckpt.path)
     try:
         result = run_episodes(policy, envs, args.episodes, deterministic=not args.stochastic,
                               seed=args.seed)
@@ -150,8 +220,11 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         summary = {"checkpoint": str(ckpt.path), "global_step": step, "env_id": env_id,
                    "deterministic": not args.stochastic, "seed": args.seed, **result}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+        try:
+            atomic_write_text(args.json, json.dumps(summary, indent=2) + "\n")
+        except OSError as exc:
+            raise UserError(f"cannot write --json file {args.json}: "
+                            f"{exc.strerror or exc}") from exc
     if args.video:
         print(f"videos: {args.video}")
     return 0
