@@ -148,8 +148,8 @@ def test_eval_video_without_moviepy_is_a_user_error(trained, capsys, monkeypatch
 def _interrupt_after(monkeypatch, iterations: int, signum: int) -> None:
     original, calls = PPOTrainer.train_iteration, []
 
-    def train_iteration(self):
-        metrics = original(self)
+    def train_iteration(self, *args, **kwargs):
+        metrics = original(self, *args, **kwargs)
         calls.append(1)
         if len(calls) == iterations:
             os.kill(os.getpid(), signum)

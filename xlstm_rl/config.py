@@ -70,6 +70,10 @@ class TrainConfig:
     and when interrupted)."""
     target_return: Optional[float] = None
     """Stop early once an evaluation's mean return reaches this (null: never)."""
+    eval_max_episode_steps: Optional[int] = 100_000
+    """Cut an evaluation episode after this many steps and count it as capped (reported as
+    ``eval/capped_episodes``), so an env that never ends cannot hang an evaluation; null:
+    never cut (only for envs known to end)."""
 
     def __post_init__(self) -> None:
         for name in ("total_steps", "eval_every", "checkpoint_every"):
@@ -82,6 +86,9 @@ class TrainConfig:
             check_range("torch_threads", self.torch_threads, 1, 1024, integer=True)
         if self.target_return is not None:
             check_range("target_return", self.target_return)
+        if self.eval_max_episode_steps is not None:
+            check_range("eval_max_episode_steps", self.eval_max_episode_steps, 1,
+                        MAX_TOTAL_STEPS, integer=True)
         if not isinstance(self.device, str) or not self.device or len(self.device) > 64:
             raise ValueError(f"device must be a torch device name (cpu, cuda, cuda:N, auto), "
                              f"got {str(self.device)[:64]!r}")

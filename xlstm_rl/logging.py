@@ -18,12 +18,16 @@ class MetricLogger:
     Args:
         run_dir: directory for the event files; ``None`` keeps the history only.
         flush_secs: TensorBoard flush period.
+        purge_step: On resume, the first step to be redone: TensorBoard hides events at or
+            after it that earlier (killed or interrupted) sessions wrote, so curves have no
+            duplicate points.
 
     Attributes:
         history: one dict per :meth:`log` call, ``{"step": step, tag: value, ...}``.
     """
 
-    def __init__(self, run_dir: str | Path | None = None, flush_secs: int = 30) -> None:
+    def __init__(self, run_dir: str | Path | None = None, flush_secs: int = 30,
+                 purge_step: int | None = None) -> None:
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.history: list[dict[str, float]] = []
         self._writer = None
@@ -31,7 +35,8 @@ class MetricLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._writer = SummaryWriter(log_dir=str(self.run_dir), flush_secs=flush_secs)
+            self._writer = SummaryWriter(log_dir=str(self.run_dir), flush_secs=flush_secs,
+                                         purge_step=purge_step)
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         """Records ``metrics`` (tag -> number) at ``step``; non-finite or non-numeric values are

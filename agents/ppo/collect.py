@@ -1,8 +1,8 @@
-"""Rollout collection from a Gymnasium 1.x vector env with SAME_STEP autoreset.
+"""Rollout collection for PPO on top of the shared acting loop (:class:`~xlstm_rl.acting.EnvStepper`).
 
 With same-step autoreset the observation returned for an env whose episode ended is already
-the first observation of its next episode; the last observation of the ended episode is in
-``infos["final_obs"]``. Per step ``t`` and env:
+the first observation of its next episode; the ended episode's last observation comes in
+``final_obs``. Per step ``t`` and env:
 
 * ``reset[t]`` is True when the observation acted on at ``t`` starts an episode, so the core
   zeroes the state before processing it (``act(..., reset)``);
@@ -12,7 +12,6 @@ the first observation of its next episode; the last observation of the ended epi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
@@ -22,27 +21,15 @@ from gymnasium.vector.utils import concatenate, create_empty_array
 from tensordict import TensorDict
 from torch import Tensor
 
-from xlstm_rl.envs import episode_success
+from xlstm_rl.acting import EnvStepper, EpisodeStats
+from xlstm_rl.errors import StopRequested
 from xlstm_rl.networks import ActorCritic, obs_to_torch
+from xlstm_rl.obs_norm import ObsNormalizer
+from xlstm_rl.trainer import StopCheck
 
 from .buffer import RolloutBuffer
-from .obs_norm import ObsNormalizer
 
-
-@dataclass
-class EpisodeStats:
-    """Returns, lengths and success flags (NaN: not reported) of the episodes that ended."""
-
-    returns: list[float] = field(default_factory=list)
-    lengths: list[int] = field(default_factory=list)
-    successes: list[float] = field(default_factory=list)
-
-    def summary(self) -> dict[str, float]:
-        """Means over the ended episodes (NaN when none ended / none reported success)."""
-        succ = [s for s in self.successes if not np.isnan(s)]
-        mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
-        return {"episode/return": mean(self.returns), "episode/length": mean(self.lengths),
-                "episode/success": mean(succ), "episode/count": float(len(self.returns))}
+__all__ = ["EpisodeStats", "RolloutCollector"]
 
 
 class RolloutCollector:
@@ -52,90 +39,101 @@ class RolloutCollector:
     it), the recurrent state, the reset flags and the running episode returns / lengths.
 
     Args:
-        envs: vector env built with ``autoreset_mode="same_step"``.
-        policy: the actor-critic.
-        normalizer: optional observation normalizer (updated on every new observation).
-        reward_scale: factor applied to stored rewards (episode statistics stay raw).
-        device: torch device of the policy.
+        envs: Vector env built with ``autoreset_mode="same_step"``.
+        policy: The actor-critic.
+        normalizer: Optional observation normalizer (updated on every new observation, on the
+            CPU side before the tensor is made).
+        reward_scale: Factor applied to stored rewards (episode statistics stay raw).
+        device: Torch device of the policy.
         generator: RNG for action sampling (the global torch RNG when None).
+        env_id: Name of the env in error messages.
     """
 
     def __init__(self, envs: gym.vector.VectorEnv, policy: ActorCritic,
                  normalizer: ObsNormalizer | None = None, reward_scale: float = 1.0,
-                 device: torch.device | str = "cpu", generator: torch.Generator | None = None
-                 ) -> None:
+                 device: torch.device | str = "cpu", generator: torch.Generator | None = None,
+                 env_id: str = "env") -> None:
         self.envs, self.policy, self.normalizer, self.generator = envs, policy, normalizer, generator
         self.reward_scale, self.device = float(reward_scale), torch.device(device)
+        self.stepper = EnvStepper(envs, env_id)
         self.space = envs.single_observation_space
         self.num_envs = envs.num_envs
         self.obs: Tensor | TensorDict | None = None
         self.state = policy.initial_state(self.num_envs, self.device)
         self.reset_flags = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
-        self.ep_return = np.zeros(self.num_envs, dtype=np.float64)
-        self.ep_length = np.zeros(self.num_envs, dtype=np.int64)
+
+    @property
+    def ep_return(self) -> np.ndarray:
+        """``[N]`` return of each env's current episode so far (raw rewards)."""
+        return self.stepper.ep_return
+
+    @property
+    def ep_length(self) -> np.ndarray:
+        """``[N]`` length of each env's current episode so far."""
+        return self.stepper.ep_length
 
     def _prepare(self, raw: Any, update: bool) -> Tensor | TensorDict:
-        obs = obs_to_torch(raw, self.space, self.device)
-        return obs if self.normalizer is None else self.normalizer(obs, update=update)
+        if self.normalizer is not None:
+            raw = self.normalizer.normalize(raw, update=update)
+        return obs_to_torch(raw, self.space, self.device)
 
     def reset(self, seed: int | None = None) -> None:
         """Resets all envs (seeded: reproducible) and the carried state."""
-        raw, _ = self.envs.reset(seed=seed)
+        raw = self.stepper.reset(seed=seed)
         self.obs = self._prepare(raw, update=True)
         self.state = self.policy.initial_state(self.num_envs, self.device)
         self.reset_flags = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
-        self.ep_return[:] = 0.0
-        self.ep_length[:] = 0
 
-    def _final_values(self, infos: dict[str, Any], truncated: np.ndarray,
-                      terminated: np.ndarray, state: TensorDict) -> Tensor:
+    def _final_values(self, final_obs: dict[int, Any], state: TensorDict) -> Tensor:
         """``[N]`` value of ``final_obs`` where truncated and not terminated, else 0."""
         out = torch.zeros(self.num_envs, device=self.device)
-        idx = np.flatnonzero(truncated & ~terminated)
-        if idx.size == 0:
+        if not final_obs:
             return out
-        finals = [infos["final_obs"][i] for i in idx]
-        batch = concatenate(self.space, finals, create_empty_array(self.space, n=len(idx)))
+        idx = sorted(final_obs)
+        batch = concatenate(self.space, [final_obs[i] for i in idx],
+                            create_empty_array(self.space, n=len(idx)))
         rows = torch.as_tensor(idx, device=self.device)
         out[rows] = self.policy.value(self._prepare(batch, update=False), state[rows], None)
         return out
 
-    def _track_episodes(self, reward: np.ndarray, done: np.ndarray, infos: dict[str, Any],
-                        stats: EpisodeStats) -> None:
-        self.ep_return += reward
-        self.ep_length += 1
-        if not done.any():
-            return
-        success = episode_success(infos, self.num_envs)
-        for i in np.flatnonzero(done):
-            stats.returns.append(float(self.ep_return[i]))
-            stats.lengths.append(int(self.ep_length[i]))
-            stats.successes.append(float(success[i]))
-        self.ep_return[done], self.ep_length[done] = 0.0, 0
-
     @torch.no_grad()
-    def step(self, stats: EpisodeStats) -> dict[str, Tensor | TensorDict]:
-        """Acts once in every env; returns the step's record (tensors ``[N, ...]``)."""
+    def step(self, stats: EpisodeStats | None = None) -> dict[str, Tensor | TensorDict]:
+        """Acts once in every env; returns the step's record (tensors ``[N, ...]``).
+
+        Ended episodes are added to ``stats`` (or kept in the stepper when None).
+        """
         obs, reset = self.obs, self.reset_flags
         action, log_prob, value, new_state = self.policy.act(obs, self.state, reset,
                                                              generator=self.generator)
-        raw, reward, terminated, truncated, infos = self.envs.step(self.policy.actor.to_env(action))
-        terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
-        final_value = self._final_values(infos, truncated, terminated, new_state)
-        self._track_episodes(np.asarray(reward, np.float64), terminated | truncated, infos, stats)
-        as_t = lambda x, dt: torch.as_tensor(np.asarray(x), dtype=dt, device=self.device)  # noqa: E731
+        result = self.stepper.step(self.policy.actor.to_env(action))
+        final_value = self._final_values(result.final_obs, new_state)
+        if stats is not None:
+            ended = self.stepper.take_episode_stats()
+            stats.returns += ended.returns
+            stats.lengths += ended.lengths
+            stats.successes += ended.successes
+
+        def as_t(x: np.ndarray, dtype: torch.dtype) -> Tensor:
+            return torch.as_tensor(x, dtype=dtype, device=self.device)
+
         record = {"obs": obs, "action": action, "log_prob": log_prob, "value": value,
-                  "reward": as_t(reward, torch.float32) * self.reward_scale,
-                  "terminated": as_t(terminated, torch.bool),
-                  "truncated": as_t(truncated, torch.bool), "reset": reset,
+                  "reward": as_t(result.reward, torch.float32) * self.reward_scale,
+                  "terminated": as_t(result.terminated, torch.bool),
+                  "truncated": as_t(result.truncated, torch.bool), "reset": reset,
                   "final_value": final_value}
-        self.obs = self._prepare(raw, update=True)
-        self.state, self.reset_flags = new_state, record["terminated"] | record["truncated"]
+        self.obs = self._prepare(self.stepper.obs, update=True)
+        self.state, self.reset_flags = new_state, as_t(result.ended, torch.bool)
         return record
 
     @torch.no_grad()
-    def collect(self, rollout_len: int, seq_len: int) -> tuple[RolloutBuffer, EpisodeStats]:
+    def collect(self, rollout_len: int, seq_len: int, should_stop: StopCheck | None = None
+                ) -> tuple[RolloutBuffer, EpisodeStats]:
         """Collects ``rollout_len`` steps per env.
+
+        Args:
+            rollout_len: Steps per env.
+            seq_len: Training chunk length (a state is stored at every chunk start).
+            should_stop: Polled every step; True raises :class:`StopRequested`.
 
         Returns:
             The filled :class:`RolloutBuffer` (advantages not yet computed) and the statistics
@@ -145,6 +143,8 @@ class RolloutCollector:
             raise RuntimeError("call reset() before collect()")
         stats, records, states = EpisodeStats(), [], []
         for t in range(rollout_len):
+            if should_stop is not None and should_stop():
+                raise StopRequested(f"collection stopped at step {t} of {rollout_len}")
             if t % seq_len == 0:
                 states.append(self.state)
             records.append(self.step(stats))

@@ -1,8 +1,10 @@
 """Recurrent PPO trainer: collect with stored states, update on minibatches of whole chunks.
 
+It implements :class:`xlstm_rl.trainer.Trainer`, the interface the run loop uses.
+
 Resume: :meth:`PPOTrainer.state_dict` holds only tensors, python scalars and strings in
-nested dicts with string keys (safetensors-friendly after flattening), including an env
-snapshot (:meth:`PPOTrainer.env_snapshot`): every sub-env is wrapped in
+nested dicts with string keys, in the checkpoint layout ``{"policy", "obs_norm", "trainer"}``,
+including an env snapshot: every sub-env is wrapped in
 :class:`~xlstm_rl.envs.episode_log.EpisodeReplay`, so its internal state is rebuilt by
 reseeding the current episode and replaying its actions (:meth:`PPOTrainer.restore_envs`).
 A trainer built with the same configs and seed, then given ``load_state_dict``, continues
@@ -23,17 +25,19 @@ from tensordict import TensorDict
 from torch import nn
 
 from xlstm_rl.envs import make_vec_env
+from xlstm_rl.envs.episode_log import EpisodeReplay, restore_envs, snapshot_envs
+from xlstm_rl.evaluation import DEFAULT_MAX_EPISODE_STEPS, evaluate_policy
 from xlstm_rl.logging import MetricLogger
 from xlstm_rl.networks import ActorCritic, is_image
+from xlstm_rl.numerics import check_finite_losses, check_finite_parameters
+from xlstm_rl.obs_norm import ObsNormalizer
 from xlstm_rl.schema import EnvConfig, ModelConfig
+from xlstm_rl.trainer import StopCheck
 
 from .buffer import RolloutBuffer
 from .collect import RolloutCollector
 from .config import PPOConfig
-from .evaluate import evaluate_policy
 from .loss import explained_variance, normalize, ppo_loss
-from .obs_norm import ObsNormalizer
-from xlstm_rl.envs.episode_log import EpisodeReplay, restore_envs, snapshot_envs
 from .state import (env_snapshot_from_state, env_snapshot_to_state, optimizer_from_state,
                     optimizer_to_state, rng_from_state, rng_to_state)
 
@@ -43,6 +47,12 @@ def build_envs(env: EnvConfig, seed: int) -> gym.vector.VectorEnv:
     wrappers = (*env.wrappers, EpisodeReplay)
     return make_vec_env(env.id, env.num_envs, vectorization=env.vectorization, seed=seed,
                         wrappers=wrappers, autoreset_mode="same_step", **dict(env.kwargs))
+
+
+def build_trainer(config: Any) -> "PPOTrainer":
+    """The trainer of a run config (``xlstm_rl.config.RunConfig`` with ``algo: ppo``)."""
+    return PPOTrainer(config.env, config.model, config.ppo, seed=config.train.seed,
+                      device=config.train.resolved_device())
 
 
 class PPOTrainer:
@@ -79,7 +89,8 @@ class PPOTrainer:
         self.action_generator = torch.Generator(self.device).manual_seed(self.seed + 1)
         self.normalizer = self._make_normalizer(obs_space) if ppo.normalize_obs else None
         self.collector = RolloutCollector(self.envs, self.policy, self.normalizer,
-                                          ppo.reward_scale, self.device, self.action_generator)
+                                          ppo.reward_scale, self.device, self.action_generator,
+                                          env_id=env.id)
         self.collector.reset(seed=self.seed)
         self.global_step, self.iteration, self.total_steps = 0, 0, 0
 
@@ -87,6 +98,16 @@ class PPOTrainer:
         if not isinstance(space, gym.spaces.Box) or is_image(space):
             raise ValueError(f"normalize_obs needs a non-image Box observation space, got {space}")
         return ObsNormalizer(space.shape, clip=self.cfg.obs_clip)
+
+    @property
+    def observation_space(self) -> gym.Space:
+        """Observation space of one env."""
+        return self.envs.single_observation_space
+
+    @property
+    def action_space(self) -> gym.Space:
+        """Action space of one env."""
+        return self.envs.single_action_space
 
     @property
     def steps_per_iteration(self) -> int:
@@ -120,14 +141,22 @@ class PPOTrainer:
                 break
         return history
 
-    def train_iteration(self) -> dict[str, float]:
-        """One collect + update. Returns the iteration's metrics (see ``xlstm_rl.logging``)."""
+    def train_iteration(self, should_stop: StopCheck | None = None) -> dict[str, float]:
+        """One collect + update. Returns the iteration's metrics (see ``xlstm_rl.logging``).
+
+        Raises:
+            StopRequested: ``should_stop`` turned True during collection (nothing was updated;
+                the envs have moved on, so resume from a state saved before this call).
+            TrainingFault: The env returned a non-finite or misfit value, or a loss, gradient
+                or parameter became non-finite (the parameters are not updated with it).
+        """
         lr = self.learning_rate()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         t0 = time.perf_counter()
         self.policy.eval()
-        buffer, episodes = self.collector.collect(self.cfg.rollout_len, self.cfg.seq_len)
+        buffer, episodes = self.collector.collect(self.cfg.rollout_len, self.cfg.seq_len,
+                                                  should_stop)
         t1 = time.perf_counter()
         buffer.compute_advantages(self.cfg.gamma, self.cfg.gae_lambda)
         self.policy.train()
@@ -144,7 +173,8 @@ class PPOTrainer:
             self.logger.log(metrics, self.global_step)
         return metrics
 
-    def _minibatch_step(self, batch, states) -> dict[str, torch.Tensor]:
+    def _minibatch_step(self, batch: TensorDict, states: TensorDict, where: str
+                        ) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         log_prob, entropy, value, _ = self.policy.evaluate(batch["obs"], states, batch["reset"],
                                                            batch["action"])
@@ -153,10 +183,13 @@ class PPOTrainer:
                                batch["return"], entropy, clip_coef=cfg.clip_coef,
                                clip_value_loss=cfg.clip_value_loss, vf_coef=cfg.vf_coef,
                                ent_coef=cfg.ent_coef)
+        check_finite_losses({"the loss": loss, **stats}, where)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         stats["ppo/grad_norm"] = nn.utils.clip_grad_norm_(self.policy.parameters(),
                                                           cfg.max_grad_norm)
+        if not torch.isfinite(stats["ppo/grad_norm"]):
+            check_finite_parameters(self.policy, where, gradients=True)
         self.optimizer.step()
         return stats
 
@@ -167,8 +200,10 @@ class PPOTrainer:
             if epoch > 0 and cfg.refresh_states:
                 buffer.refresh_states(self.policy)
             kls = []
-            for batch, states in buffer.minibatches(cfg.minibatches, self.generator):
-                stats = self._minibatch_step(batch, states)
+            for j, (batch, states) in enumerate(buffer.minibatches(cfg.minibatches,
+                                                                   self.generator)):
+                where = f"iteration {self.iteration + 1}, epoch {epoch + 1}, minibatch {j + 1}"
+                stats = self._minibatch_step(batch, states, where)
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + float(value)
                 kls.append(float(stats["ppo/approx_kl"]))
@@ -176,39 +211,54 @@ class PPOTrainer:
             epochs_run += 1
             if cfg.target_kl is not None and float(np.mean(kls)) > cfg.target_kl:
                 break
+        check_finite_parameters(self.policy, f"the end of iteration {self.iteration + 1}")
         out = {key: value / count for key, value in sums.items()}
         data = buffer.data
         out["ppo/explained_variance"] = explained_variance(data["value"], data["return"])
         out["ppo/epochs"] = float(epochs_run)
         return out
 
+    def acting_policy(self) -> Any:
+        """The current policy as an :class:`xlstm_rl.policy.Policy` (shares the weights and the
+        normalization statistics; acting with it changes neither)."""
+        from xlstm_rl.config import RunConfig
+        from xlstm_rl.policy import Policy
+
+        config = RunConfig(env=self.env_cfg, model=self.model_cfg, algo="ppo",
+                           algo_config=self.cfg)
+        training = self.policy.training
+        policy = Policy(self.policy, self.observation_space, self.action_space, config,
+                        self.normalizer, self.device)
+        self.policy.train(training)  # Policy() switches the network to eval mode
+        return policy
+
     def evaluate(self, episodes: int, deterministic: bool = True, env_id: str | None = None,
-                 num_envs: int | None = None, seed: int | None = None) -> dict[str, float]:
-        """Runs ``episodes`` episodes with the current policy on fresh envs (no learning).
+                 num_envs: int | None = None, seed: int | None = None,
+                 max_episode_steps: int | None = DEFAULT_MAX_EPISODE_STEPS) -> dict[str, float]:
+        """Runs ``episodes`` episodes with the current policy on fresh envs (no learning), with
+        :func:`xlstm_rl.evaluation.evaluate_policy` (each env runs its share of episodes).
 
         Args:
-            episodes: number of episodes to finish.
-            deterministic: act with the distribution's mode.
-            env_id: another env id (default: the training env with its kwargs and wrappers).
-            num_envs: parallel envs (default ``min(episodes, 16)``).
-            seed: env seed (default ``seed + 10_000``).
+            episodes: Number of episodes.
+            deterministic: Act with the distribution's mode.
+            env_id: Another env id (default: the training env with its kwargs and wrappers).
+            num_envs: Parallel envs (default ``min(episodes, 16)``).
+            seed: Env seed (default ``seed + 10_000``).
+            max_episode_steps: Cut episodes after this many steps.
 
         Returns:
-            ``mean_return, std_return, min_return, max_return, mean_length, episodes`` and
-            ``success_rate`` when the env reports ``success``.
+            ``mean_return, std_return, min_return, max_return, mean_length, ..., episodes``,
+            ``capped_episodes`` and ``success_rate`` when the env reports ``success``.
         """
-        if env_id is None or env_id == self.env_cfg.id:
-            env = self.env_cfg
-        else:
-            env = EnvConfig(id=env_id, num_envs=1)
+        env = self.env_cfg if env_id in (None, self.env_cfg.id) else EnvConfig(id=env_id)
         n = num_envs if num_envs is not None else min(int(episodes), 16)
         envs = make_vec_env(env.id, n, seed=None, wrappers=env.wrappers,
                             autoreset_mode="same_step", **dict(env.kwargs))
         try:
-            with torch.random.fork_rng(devices=[]):
-                return evaluate_policy(self.policy, envs, episodes, deterministic=deterministic,
-                                       seed=self.seed + 10_000 if seed is None else seed,
-                                       normalizer=self.normalizer, device=self.device)
+            return evaluate_policy(self.acting_policy(), envs, episodes,
+                                   deterministic=deterministic,
+                                   seed=self.seed + 10_000 if seed is None else seed,
+                                   max_episode_steps=max_episode_steps, env_id=env.id)
         finally:
             envs.close()
 
@@ -222,15 +272,15 @@ class PPOTrainer:
         restore_envs(self.envs, env_snapshot_from_state(snapshot, self.envs.num_envs))
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume exactly, as nested dicts of tensors / scalars / strings."""
+        """Everything needed to resume exactly, in the checkpoint layout (see
+        :mod:`xlstm_rl.trainer`): ``policy`` weights, ``obs_norm`` statistics, and ``trainer``
+        with optimizer, RNG, collector, env snapshots and counters."""
         col = self.collector
         obs = col.obs.clone()
         obs = obs.to_dict() if hasattr(obs, "to_dict") else obs
-        return {
-            "model": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
+        trainer = {
             "optimizer": optimizer_to_state(self.optimizer),
             "rng": rng_to_state(self.generator, self.action_generator),
-            "obs_norm": {} if self.normalizer is None else self.normalizer.state_dict(),
             "collector": {"obs": obs, "state": col.state.clone().to_dict(),
                           "reset": col.reset_flags.clone(),
                           "ep_return": torch.tensor(col.ep_return),
@@ -239,17 +289,33 @@ class PPOTrainer:
             "counters": {"global_step": self.global_step, "iteration": self.iteration,
                          "total_steps": self.total_steps, "seed": self.seed},
         }
+        return {"policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
+                "obs_norm": {} if self.normalizer is None else self.normalizer.state_dict(),
+                "trainer": trainer}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores a :meth:`state_dict` (same configs). Also restores the envs."""
-        self.policy.load_state_dict(state["model"])
-        optimizer_from_state(self.optimizer, state["optimizer"])
-        rng_from_state(self.generator, self.action_generator, state["rng"])
+        """Restores a :meth:`state_dict` (same configs). Also restores the envs.
+
+        Raises:
+            CheckpointError: If the weights or statistics do not fit this trainer's network.
+        """
+        from xlstm_rl.checkpoint import CheckpointError
+        from xlstm_rl.policy import check_weights
+
+        check_weights(self.policy, state["policy"], "checkpoint")
+        self.policy.load_state_dict(state["policy"])
+        saved = state["trainer"]
+        optimizer_from_state(self.optimizer, saved["optimizer"])
+        rng_from_state(self.generator, self.action_generator, saved["rng"])
         if self.normalizer is not None:
-            self.normalizer.load_state_dict(state["obs_norm"])
-        self._load_collector(state["collector"])
-        self.restore_envs(state["envs"])
-        counters = state["counters"]
+            try:
+                self.normalizer.load_state_dict(state["obs_norm"])
+            except (KeyError, ValueError) as exc:
+                raise CheckpointError(f"checkpoint: bad observation-normalization statistics "
+                                      f"({exc})") from exc
+        self._load_collector(saved["collector"])
+        self.restore_envs(saved["envs"])
+        counters = saved["counters"]
         self.global_step, self.iteration = int(counters["global_step"]), int(counters["iteration"])
         self.total_steps = int(counters["total_steps"])
 
@@ -265,6 +331,7 @@ class PPOTrainer:
         col.reset_flags = saved["reset"].to(self.device, torch.bool)
         col.ep_return[:] = saved["ep_return"].numpy()
         col.ep_length[:] = saved["ep_length"].numpy()
+        col.stepper.reset_flags[:] = saved["reset"].cpu().numpy().astype(bool)
 
     def close(self) -> None:
         """Closes the envs (and nothing else: the logger belongs to the caller)."""

@@ -1,6 +1,7 @@
 """``xlstm-rl train``: train from a config, log, checkpoint, evaluate; resume after interrupts.
 
-SIGINT (Ctrl-C) or SIGTERM stops the run after the current iteration: the state is written to
+SIGINT (Ctrl-C) or SIGTERM stops the run within one env step, wherever it is (collecting,
+evaluating, or after the current update): the last complete state is written to
 ``checkpoints/latest.safetensors`` and the command exits with 130 (SIGINT) or 143 (SIGTERM).
 A second Ctrl-C aborts at once, without a checkpoint. ``--resume RUN_DIR`` continues from the
 latest checkpoint: network, optimizer, RNG states, step counters, observation normalization
@@ -14,12 +15,14 @@ import json
 import math
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from xlstm_rl.cli.errors import UserError, as_user_error, check_device
-from xlstm_rl.cli.progress import TrainProgress, restore_trainer, training_spaces
 from xlstm_rl.config import RunConfig, load_config, save_config
+from xlstm_rl.errors import TrainingFault
+from xlstm_rl.run_loop import INTERRUPT_EXIT, RunLoop, restore_trainer, training_spaces
 from xlstm_rl.rundir import (CONFIG_FILE, EVAL_FILE, METRICS_FILE, TB_DIR, check_new_run_dir,
                              checkpoint_path, default_run_dir, prepare_new_run_dir)
 
@@ -27,20 +30,26 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopFlag:
-    """Turns SIGINT / SIGTERM into a flag checked between iterations (main thread only)."""
+    """Turns SIGINT / SIGTERM into a flag the run loop polls every env step (main thread only).
+
+    Attributes:
+        signum: The signal received (None: none yet).
+        received_at: ``time.monotonic()`` when it arrived.
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.received_at = 0.0
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: abort now
-        self.signum = signum
+        self.signum, self.received_at = signum, time.monotonic()
         from tqdm import tqdm
 
-        tqdm.write(f"{signal.Signals(signum).name}: stopping after this iteration and writing "
-                   "a checkpoint (Ctrl-C again aborts without one)")
+        tqdm.write(f"{signal.Signals(signum).name}: stopping and writing a checkpoint (Ctrl-C "
+                   "again aborts without one)")
 
     def __enter__(self) -> "StopFlag":
         if threading.current_thread() is threading.main_thread():
@@ -103,28 +112,33 @@ def _check_resumable(config: RunConfig, saved: dict[str, Any], path: Path) -> No
 
 
 def _build_trainer(config: RunConfig) -> Any:
-    """The ``PPOTrainer`` of ``config``; bad env ids, kwargs or spaces become user errors."""
+    """The trainer of ``config``'s algorithm (through the registry); bad env ids, kwargs or
+    spaces become user errors."""
     import torch
     from gymnasium.error import Error as GymError
 
-    from xlstm_rl.agents.ppo import PPOTrainer
+    from xlstm_rl.algorithms import get_algorithm
 
-    device = check_device(config.train.resolved_device())
+    check_device(config.train.resolved_device())
     if config.train.torch_threads is not None:
         torch.set_num_threads(config.train.torch_threads)
     with as_user_error(types=(ValueError, TypeError, GymError)):
-        return PPOTrainer(config.env, config.model, config.ppo, seed=config.train.seed,
-                          device=device)
+        return get_algorithm(config.algo).build_trainer(config)
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Runs ``xlstm-rl train``; see :func:`xlstm_rl.cli.build_parser`.
 
     Nothing in the run directory changes until the config, the environment, the network and
-    (on resume) the checkpoint have all been checked.
+    (on resume) the checkpoint have all been checked. A fresh run directory gets a step-0
+    checkpoint before training starts, so a run stopped at any point can be resumed.
 
     Returns:
         0 when training completed, 130 / 143 when interrupted by SIGINT / SIGTERM.
+
+    Raises:
+        UserError: Also for a :class:`~xlstm_rl.errors.TrainingFault` (non-finite values or a
+            misbehaving env), after which the checkpoints are left as they were.
     """
     from xlstm_rl.checkpoint import load_checkpoint
 
@@ -133,32 +147,40 @@ def run_train(args: argparse.Namespace) -> int:
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from)
         _check_resumable(config, ckpt.config, resume_from)
-    trainer = _build_trainer(config)
-    try:
-        spaces = training_spaces(trainer)
-        run_state = restore_trainer(trainer, ckpt) if ckpt is not None else None
-        if ckpt is None:
-            prepare_new_run_dir(run_dir, overwrite=args.overwrite)
-        save_config(config, run_dir / CONFIG_FILE)
-        progress = TrainProgress(trainer, config, run_dir, spaces, run_state=run_state,
-                                 show_bar=not args.no_progress)
-        return _train(progress, config, run_dir)
-    finally:
-        trainer.close()
-
-
-def _train(progress: TrainProgress, config: RunConfig, run_dir: Path) -> int:
-    action = "resuming" if progress.trainer.global_step else "training"
-    print(f"{action} {config.model.core} on {config.env.id}; run directory: {run_dir}",
-          flush=True)
     with StopFlag() as stop:
-        with progress:
-            code = progress.run(stop)
-            summary = None if code else progress.finish()
+        trainer = _build_trainer(config)
+        try:
+            if stop.signum is not None:  # stopped while starting: nothing was written yet
+                print("interrupted before training started; nothing was written", flush=True)
+                return INTERRUPT_EXIT.get(stop.signum, 130)
+            return _run(trainer, config, run_dir, ckpt, args, stop)
+        except TrainingFault as exc:
+            raise UserError(str(exc)) from exc
+        finally:
+            trainer.close()
+
+
+def _run(trainer: Any, config: RunConfig, run_dir: Path, ckpt: Any, args: argparse.Namespace,
+         stop: StopFlag) -> int:
+    spaces = training_spaces(trainer)
+    run_state = restore_trainer(trainer, ckpt) if ckpt is not None else None
+    if ckpt is None:
+        prepare_new_run_dir(run_dir, overwrite=args.overwrite)
+    loop = RunLoop(trainer, config, run_dir, spaces, run_state=run_state,
+                   show_bar=not args.no_progress)
+    if ckpt is None:
+        loop.save("latest")  # resumable from the first moment
+    save_config(config, run_dir / CONFIG_FILE)
+    action = "resuming" if trainer.global_step else "training"
+    print(f"{action} {config.algo} + {config.model.core} on {config.env.id}; run directory: "
+          f"{run_dir}", flush=True)
+    with loop:
+        code = loop.run(stop)
+        summary = None if code else loop.finish()
     if summary is None:
-        print(f"interrupted at step {progress.trainer.global_step}; checkpoint written. "
+        print(f"interrupted at step {trainer.global_step}; checkpoint written. "
               f"Resume with: xlstm-rl train --resume {run_dir}", flush=True)
-        return code
+        return code or INTERRUPT_EXIT.get(stop.signum or 2, 130)
     _print_summary(summary, run_dir)
     return 0
 
@@ -168,5 +190,8 @@ def _print_summary(summary: dict[str, float], run_dir: Path) -> None:
              f"length {summary['mean_length']:.1f}"]
     if "success_rate" in summary and not math.isnan(summary["success_rate"]):
         parts.append(f"success {summary['success_rate']:.3f}")
+    if summary.get("capped_episodes"):
+        parts.append(f"{int(summary['capped_episodes'])} episodes cut at "
+                     "train.eval_max_episode_steps")
     print(f"final evaluation ({int(summary['episodes'])} episodes): {', '.join(parts)}")
     print(f"run directory: {run_dir}  (checkpoints/, {EVAL_FILE}, {METRICS_FILE}, {TB_DIR}/)")
