@@ -102,10 +102,10 @@ def _named_code(env_id: str, wrappers: list[Any]) -> list[str]:
     import gymnasium as gym
 
     module, sep, name = env_id.partition(":")
-    named = [f"env module {module[:60]!r}"] if sep and name not in gym.registry else []
+    named = [f"env module {module[:40]!r}"] if sep and name not in gym.registry else []
     for spec in wrappers:
         target = spec.get("name") if isinstance(spec, dict) else spec
-        named.append(f"wrapper {str(target)[:60]!r}")
+        named.append(f"wrapper {str(target)[:40]!r}")
     return named
 
 
@@ -126,10 +126,11 @@ def _env_source(policy: Any, args: argparse.Namespace, path: Any
     if not trusted:
         named = _named_code(env.id, wrappers)
         if named:
-            raise UserError(f"{path} names code to run ({', '.join(named[:3])}"
-                            f"{', ...' if len(named) > 3 else ''}); eval does not import or "
-                            "call what a checkpoint names: pass --env ID to evaluate on a "
-                            "registered env, or --trust-checkpoint if you trust this file")
+            more = ", ..." if len(named) > 2 else ""
+            raise UserError(f"the checkpoint names code to run ({', '.join(named[:2])}{more}); "
+                            "eval imports and calls nothing a file names: pass --env ID for a "
+                            "registered env, or --trust-checkpoint if you trust "
+                            f"{Path(str(path)).name}")
     return env.id, wrappers, kwargs, trusted
 
 
