@@ -122,7 +122,8 @@ class DelayedRecallEnv(gym.Env[np.ndarray, np.int64]):
         if self._done:
             raise RuntimeError("DelayedRecallEnv.step called after the episode ended; call reset()")
         if not self.action_space.contains(np.int64(action)):
-            raise ValueError(f"invalid action {action!r}; expected an int in [0, {self.vocab_size})")
+            raise ValueError(f"invalid action {action!r}; "
+                             f"expected an int in [0, {self.vocab_size})")
         if self._t <= self.delay:
             self._t += 1
             return self._observation(), 0.0, False, False, {}

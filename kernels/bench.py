@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -93,7 +93,8 @@ def bench_mlstm_step(device, B=1024, H=4, d=64, warmup=5, iters=50) -> dict:
     g = torch.Generator(device="cpu").manual_seed(1)
     q, k, v = (torch.randn(B, H, d, generator=g).to(device) for _ in range(3))
     i, f = (torch.randn(B, H, generator=g).to(device) for _ in range(2))
-    state = tuple(s.normal_() for s in mlstm_zero_state(B, H, d, d, device=device))
+    C, n, m = mlstm_zero_state(B, H, d, d, device=device)
+    state = (C.normal_(), n.normal_(), m.normal_())
     with torch.no_grad():
         t_tri, t_ref = _pair(device, {
             "triton": lambda: mlstm_step(q, k, v, i, f, state, backend="triton"),

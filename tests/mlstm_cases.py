@@ -1,7 +1,7 @@
 """Shared helpers of the mLSTM reference tests: inputs, the forms under one call, golden data.
 
-Loaded by the test files with ``importlib`` (the suite runs in importlib mode, where test
-folders are not packages).
+Imported by the test files as ``mlstm_cases``: pytest puts ``tests/`` (not a package) on
+``sys.path``.
 """
 from __future__ import annotations
 

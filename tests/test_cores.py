@@ -1,6 +1,8 @@
 """Memory cores: forward == step, resets, carried state, TensorDict state, config errors."""
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -113,7 +115,7 @@ def test_state_is_a_tensordict_that_indexes_stacks_and_moves(name: str) -> None:
     assert sub.batch_size == torch.Size([2])
     for key in state.keys(True, True):
         assert torch.equal(sub[key][1], state[key][0])
-    stacked = torch.stack([state, state.clone()], dim=0)
+    stacked = cast(TensorDict, torch.stack([state, state.clone()], dim=0))  # TensorDict's own
     assert stacked.batch_size == torch.Size([2, B])
     moved = state.to("cpu").to(torch.float64)
     assert all(moved[key].dtype == torch.float64 for key in moved.keys(True, True))

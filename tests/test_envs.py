@@ -4,10 +4,12 @@ from __future__ import annotations
 import importlib
 import textwrap
 import warnings
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium.envs.classic_control import CartPoleEnv
 from gymnasium.utils.env_checker import check_env
 from gymnasium.wrappers import ClipReward, TransformReward
 
@@ -54,7 +56,7 @@ def test_registered_task_passes_check_env(env_id: str) -> None:
         warnings.simplefilter("ignore")  # unbounded CartPole velocities, "wrapped env" notes
         check_env(env.unwrapped, skip_render_check=cartpole)  # pygame is optional
         if cartpole:  # also the partial-observation wrapper itself
-            check_env(env.env.env.env, skip_render_check=True)
+            check_env(cast(Any, env).env.env.env, skip_render_check=True)  # make_env's chain
     env.close()
 
 
@@ -198,10 +200,11 @@ def test_recall_without_distractors_shows_blanks() -> None:
 def test_cartpole_views_slice_the_full_state(env_id: str, indices: list[int]) -> None:
     env = make_env(env_id)
     assert env.observation_space.shape == (2,)
+    assert env.spec is not None
     assert env.spec.max_episode_steps == 500
     obs, _ = env.reset(seed=0)
     for t in range(30):
-        state = np.asarray(env.unwrapped.state, dtype=np.float32)
+        state = np.asarray(cast(CartPoleEnv, env.unwrapped).state, dtype=np.float32)
         np.testing.assert_array_equal(obs, state[indices])
         assert obs.shape == (2,) and obs.dtype == np.float32
         obs, _, terminated, truncated, _ = env.step(t % 2)
@@ -225,7 +228,7 @@ def test_make_env_module_prefix_imports_the_module(tmp_path, monkeypatch) -> Non
     monkeypatch.syspath_prepend(str(tmp_path))
     assert "xlstm_rl_test/Recall5-v0" not in gym.registry
     env = make_env("xlstm_rl_test_envmod:xlstm_rl_test/Recall5-v0")
-    assert env.unwrapped.delay == 5
+    assert cast(DelayedRecallEnv, env.unwrapped).delay == 5
 
 
 def test_unknown_id_error_is_one_line_with_suggestion() -> None:

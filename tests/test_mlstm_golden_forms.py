@@ -10,18 +10,14 @@ carried state, gradcheck, stability) is ``test_mlstm_resets_stability.py``.
 from __future__ import annotations
 
 import functools
-import importlib.util
-import pathlib
 
 import pytest
 import torch
 
 from xlstm_rl.kernels import mlstm_chunkwise, mlstm_parallel, mlstm_recurrent
 
-_SPEC = importlib.util.spec_from_file_location(
-    "mlstm_cases", pathlib.Path(__file__).with_name("mlstm_cases.py"))
-_cases = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(_cases)
+import mlstm_cases as _cases  # tests/ is on sys.path under pytest
+
 CHUNK_SIZES = _cases.CHUNK_SIZES
 GOLDEN_LOOP_TOL = _cases.GOLDEN_LOOP_TOL
 GOLDEN_FORM_TOL = _cases.GOLDEN_FORM_TOL

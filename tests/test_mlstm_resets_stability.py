@@ -7,19 +7,15 @@ with part 1 through ``mlstm_cases.py``.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import pathlib
 
 import pytest
 import torch
 
 from xlstm_rl.kernels import mlstm_recurrent, mlstm_step, mlstm_zero_state
 
-_SPEC = importlib.util.spec_from_file_location(
-    "mlstm_cases", pathlib.Path(__file__).with_name("mlstm_cases.py"))
-_cases = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(_cases)
+import mlstm_cases as _cases  # tests/ is on sys.path under pytest
+
 F32_TOL = _cases.F32_TOL
 FORMS = _cases.FORMS
 assert_close = _cases.assert_close

@@ -26,10 +26,9 @@ TIMEOUT_S = 900
 
 
 def _case_names() -> list[str]:
-    spec = importlib.util.spec_from_file_location("_triton_interp_cases", HELPER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # imports torch and xlstm_rl.kernels only, never triton
-    return list(module.CASES)
+    import triton_interp_cases  # tests/ is on sys.path; imports torch and xlstm_rl.kernels only
+
+    return list(triton_interp_cases.CASES)
 
 
 CASE_NAMES = _case_names()
@@ -45,8 +44,8 @@ def interp_results(request: pytest.FixtureRequest) -> dict[str, dict]:
     if not _triton_importable():
         pytest.skip("triton is not installed")
     wanted = [item.callspec.params["case"] for item in request.session.items
-              if getattr(item, "callspec", None) and "case" in item.callspec.params
-              and item.module is request.module]
+              if isinstance(item, pytest.Function) and getattr(item, "callspec", None)
+              and "case" in item.callspec.params and item.module is request.module]
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run([sys.executable, str(HELPER), *(wanted or CASE_NAMES)], env=env,
                           capture_output=True, text=True, timeout=TIMEOUT_S)

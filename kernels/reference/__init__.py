@@ -10,4 +10,5 @@ from .slstm_fused import slstm_sequence_fused
 
 __all__ = ["MLSTMState", "SLSTMState", "mlstm_chunkwise_fused", "mlstm_chunkwise_reference",
            "mlstm_parallel", "mlstm_recurrent", "mlstm_step_reference", "mlstm_zero_state",
-           "slstm_sequence_fused", "slstm_sequence_reference", "slstm_step_reference", "slstm_zero_state", "state_dtype"]
+           "slstm_sequence_fused", "slstm_sequence_reference", "slstm_step_reference",
+           "slstm_zero_state", "state_dtype"]

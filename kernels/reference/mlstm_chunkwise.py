@@ -79,11 +79,12 @@ def _chunk_states(k: Tensor, v: Tensor, logD: Tensor, seg_decay: Tensor, first: 
                   state: MLSTMState) -> tuple[MLSTMState, MLSTMState]:
     """States entering every chunk, from the same parallel form one level up (no loop in time).
 
-    Each chunk ``j`` contributes its local sum ``C_loc[j] = Σ_s exp(logD[L-1, s] - m_loc[j]) k_s v_sᵀ``
-    with log weight ``m_loc[j]``; between chunks ``j`` and ``c`` it decays by
-    ``Σ_{j<l<=c} decay[l]`` and it is cut off by a reset in any chunk after ``j``. The zero state
-    after a reset in chunk ``j`` has content 0 but log weight ``decay[j]`` (its ``m = 0``), which
-    enters the stabilizer. Unrolling the chunk recurrence gives exactly these sums.
+    Each chunk ``j`` contributes its local sum
+    ``C_loc[j] = Σ_s exp(logD[L-1, s] - m_loc[j]) k_s v_sᵀ`` with log weight ``m_loc[j]``;
+    between chunks ``j`` and ``c`` it decays by ``Σ_{j<l<=c} decay[l]`` and it is cut off by a
+    reset in any chunk after ``j``. The zero state after a reset in chunk ``j`` has content 0 but
+    log weight ``decay[j]`` (its ``m = 0``), which enters the stabilizer. Unrolling the chunk
+    recurrence gives exactly these sums.
 
     Returns the states entering each chunk (``C [B,H,nc,Dk,Dv]``, ``n [B,H,nc,Dk]``, ``m [B,H,nc]``)
     and the final state.
@@ -168,6 +169,8 @@ def mlstm_chunkwise_reference(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Ten
         reset = _pad_time(reset.to(device=q.device, dtype=torch.bool), pad, False, dim=1)
     start, first = _segments(reset, B, nc, L, q.device)
     logD, seg_decay = _decay_logits(f_log, i, start)
-    entering, final = _chunk_states(k, v, logD, seg_decay, first, tuple(s.to(sd) for s in state))
+    C0, n0, m0 = state
+    entering, final = _chunk_states(k, v, logD, seg_decay, first,
+                                    (C0.to(sd), n0.to(sd), m0.to(sd)))
     h = _chunk_outputs(q, k, v, logD, seg_decay, first, entering, eps)
     return h.reshape(B, H, nc * L, dv)[:, :, :S].to(in_dtype), final

@@ -15,11 +15,13 @@ nothing from the discarded state, not even a NaN, reaches later steps or their g
 from __future__ import annotations
 
 import math
+from typing import TypeVar, cast
 
 import torch
 from torch import Tensor
 
 MLSTMState = tuple[Tensor, Tensor, Tensor]
+_State = TypeVar("_State", bound=tuple[Tensor, ...])  # an mLSTM or sLSTM state tuple
 
 
 def max_exp_arg(dtype: torch.dtype) -> float:
@@ -44,7 +46,7 @@ def mlstm_zero_state(batch: int, heads: int, dk: int, dv: int, *, device=None,
             torch.zeros(batch, heads, device=device, dtype=dtype))
 
 
-def clear_rows(state: tuple[Tensor, ...], reset: Tensor | None) -> tuple[Tensor, ...]:
+def clear_rows(state: _State, reset: Tensor | None) -> _State:
     """Zero every state tensor (batch-first, any rank) in the rows where ``reset[B]`` is True.
 
     ``torch.where``, not a multiply, so a NaN or inf in a discarded row cannot leak.
@@ -52,8 +54,9 @@ def clear_rows(state: tuple[Tensor, ...], reset: Tensor | None) -> tuple[Tensor,
     if reset is None:
         return state
     r = reset.to(device=state[0].device, dtype=torch.bool)
-    return tuple(torch.where(r.view(-1, *[1] * (s.dim() - 1)), torch.zeros_like(s), s)
-                 for s in state)
+    cleared = tuple(torch.where(r.view(-1, *[1] * (s.dim() - 1)), torch.zeros_like(s), s)
+                    for s in state)
+    return cast(_State, cleared)  # same arity as ``state``
 
 
 def mlstm_step_reference(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
@@ -117,4 +120,5 @@ def mlstm_recurrent(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
         h, state = mlstm_step_reference(q[:, :, t], k[:, :, t], v[:, :, t], i[:, :, t],
                                         f[:, :, t], state, reset=r, eps=eps)
         hs.append(h)
+    assert state is not None  # S >= 1: the loop ran
     return torch.stack(hs, dim=2), state

@@ -30,8 +30,9 @@ _N_FLOOR = 1e-30
 def slstm_zero_state(batch: int, heads: int, head_dim: int, *, device=None,
                      dtype: torch.dtype = torch.float32) -> SLSTMState:
     """The zero state ``(h, c, n, m)``, each ``[B, H, Dh]``."""
-    return tuple(torch.zeros(batch, heads, head_dim, device=device, dtype=dtype)
-                 for _ in range(4))
+    def zeros() -> Tensor:
+        return torch.zeros(batch, heads, head_dim, device=device, dtype=dtype)
+    return zeros(), zeros(), zeros(), zeros()
 
 
 def slstm_step_reference(wx: Tensor, r_weight: Tensor, bias: Tensor, state: SLSTMState | None,
@@ -87,6 +88,7 @@ def slstm_sequence_by_steps(step, wx: Tensor, r_weight: Tensor, bias: Tensor, *,
         h, state = step(wx[:, t], r_weight, bias, state,
                         reset=None if reset is None else reset[:, t])
         hs.append(h)
+    assert state is not None  # S >= 1: the loop ran
     return torch.stack(hs, dim=1), state
 
 

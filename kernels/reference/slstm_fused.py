@@ -39,7 +39,10 @@ class _SLSTMSequence(torch.autograd.Function):
         for t in range(S):
             if keep is not None:
                 h, c, n, m = (torch.where(keep[t] > 0, s, 0.0) for s in (h, c, n, m))
-            hs.append(h), cs.append(c), ns.append(n), ms.append(m)
+            hs.append(h)
+            cs.append(c)
+            ns.append(n)
+            ms.append(m)
             pre = torch.baddbmm(wxb[t], h, r)
             pres.append(pre)
             z, i, f, o = pre.split(dh, dim=-1)

@@ -10,7 +10,8 @@ argument attaining it: the carry (``cw_t``) or one entry of row ``t`` of ``logD`
 ``chunk_states_bwd_kernel`` (grid ``[B*H, tiles]``, chunks in reverse) runs the adjoint of the
 chunk recurrence, which does not involve the ``m`` gradients:
 
-    δC_c = [no reset] u_c δC_{c+1} + Σ_t w_t q̂_t δnum_tᵀ,   δn_c = [no reset] u_c δn_{c+1} + Σ_t w_t δqn_t q̂_t
+    δC_c = [no reset] u_c δC_{c+1} + Σ_t w_t q̂_t δnum_tᵀ,
+    δn_c = [no reset] u_c δn_{c+1} + Σ_t w_t δqn_t q̂_t
 
 and the scalar recurrence ``ρ_c = γ_c + β_c ρ_{c+1}`` for the stabilizer gradient that crosses
 chunk boundaries: ``ρ_c = dL/dm_c - <C_c, δC_c> - n_c·δn_c`` (the gradient of ``m_c`` with the
@@ -21,7 +22,8 @@ unscaled state ``C_c exp(m_c)`` held fixed), ``γ_c = Σ_{t first, cw_t} δm_out
 in parallel: explicit gradients of ``logD`` (through ``S`` and through the end-of-chunk state) and
 of ``carry`` (through ``w`` and ``u``), plus the routed stabilizer gradients (``δm_out_t``, and
 ``ρ_{c+1}`` on row ``L-1``, whose max is ``m_{c+1}``), reduced onto the gates:
-``di_s = Σ_t dlogD[t,s]``, ``df̂_j = Σ_{t>=j} Σ_{s<j} dlogD[t,s] + Σ_{t: j in seg(t), j<=t} dcarry_t``,
+``di_s = Σ_t dlogD[t,s]``,
+``df̂_j = Σ_{t>=j} Σ_{s<j} dlogD[t,s] + Σ_{t: j in seg(t), j<=t} dcarry_t``,
 and ``dm_c = Σ_{t first} dcarry_t`` (used for the initial state).
 """
 import triton
@@ -117,7 +119,8 @@ def chunk_grads_bwd_kernel(
     st = bh * NC * L + pos
     den = tl.load(den_ptr + st)
     dqn = tl.load(dqn_ptr + st)
-    dm_all = tl.load(dmo_ptr + st) + tl.where(is_last, tl.load(rho_ptr + bh * (NC + 1) + c + 1), 0.0)
+    rho_next = tl.load(rho_ptr + bh * (NC + 1) + c + 1)
+    dm_all = tl.load(dmo_ptr + st) + tl.where(is_last, rho_next, 0.0)
     qk_base = bh * S * DK + pos[:, None] * DK
     vh_base = bh * S * DV + pos[:, None] * DV
     C_base = Cs_ptr + (bh * (NC + 1) + c) * DK * DV

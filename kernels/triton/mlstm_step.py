@@ -38,7 +38,8 @@ def mlstm_step_kernel(
     kv = tl.load(k_ptr + bh * DK + ok, mask=mk, other=0.0).to(tl.float32)
     n = tl.where(rst, 0.0, tl.load(n_ptr + bh * DK + ok, mask=mk, other=0.0))
     n_new = fa * n + ia * kv
-    den = tl.maximum(tl.abs(tl.sum(qv * n_new, axis=0)), tl.exp(tl.minimum(-m_new, MAX_EXP_ARG))) + eps
+    den = tl.maximum(tl.abs(tl.sum(qv * n_new, axis=0)),
+                     tl.exp(tl.minimum(-m_new, MAX_EXP_ARG))) + eps
     for vb in tl.static_range(NVB):
         ov = vb * BV + tl.arange(0, BV)
         mv = ov < DV

@@ -36,8 +36,8 @@ def check_head_dim(d: int, what: str) -> None:
     """Raise ValueError for head dims the kernels do not handle (padded to a power of two)."""
     if not 1 <= d <= MAX_HEAD_DIM:
         raise ValueError(f"{what} = {d} is not supported by the Triton backend: head dims must be "
-                         f"1..{MAX_HEAD_DIM} (16, 32, 64, 128 and 256 run unpadded; other sizes are "
-                         "zero-padded to the next of those)")
+                         f"1..{MAX_HEAD_DIM} (16, 32, 64, 128 and 256 run unpadded; other "
+                         "sizes are zero-padded to the next of those)")
 
 
 def check_chunk_size(chunk_size: int) -> None:

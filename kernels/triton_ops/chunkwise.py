@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..reference.mlstm_recurrent import max_exp_arg
+from ..reference.mlstm_recurrent import max_exp_arg, mlstm_zero_state
 from ..triton.mlstm_chunk_bwd import chunk_grads_bwd_kernel, chunk_states_bwd_kernel
 from ..triton.mlstm_chunk_fwd import chunk_out_fwd_kernel, chunk_states_fwd_kernel
 from ._common import (check_chunk_size, check_dtype, check_head_dim, dot_config, next_pow2,
@@ -204,8 +204,7 @@ def mlstm_chunkwise(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *, st
     B, H, S, DK = q.shape
     DV = v.shape[-1]
     if state is None:
-        z = dict(device=q.device, dtype=torch.float32)
-        state = (torch.zeros(B, H, DK, DV, **z), torch.zeros(B, H, DK, **z), torch.zeros(B, H, **z))
+        state = mlstm_zero_state(B, H, DK, DV, device=q.device, dtype=torch.float32)
     C0, n0, m0 = (s.float().contiguous() for s in state)
     fl = torch.nn.functional.logsigmoid(f.float()).contiguous()
     r8 = reset_int8(reset, (B, S), q.device)

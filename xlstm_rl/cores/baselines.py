@@ -37,7 +37,8 @@ class _TorchRNNCore(MemoryCore):
             elif "bias" in name:
                 nn.init.zeros_(p)
         if isinstance(rnn, nn.LSTM):  # forget-gate bias 1 (Jozefowicz et al. 2015)
-            nn.init.ones_(rnn.bias_hh_l0.data[rnn.hidden_size:2 * rnn.hidden_size])
+            bias_hh = rnn.get_parameter("bias_hh_l0")  # typed, unlike the attribute
+            nn.init.ones_(bias_hh.data[rnn.hidden_size:2 * rnn.hidden_size])
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None
                       ) -> TensorDict:

@@ -56,7 +56,8 @@ class CoreConfig:
         check_range("chunk_size", self.chunk_size, 1, MAX_SIZE, integer=True)
         check_range("qkv_block_size", self.qkv_block_size, 0, MAX_SIZE, integer=True)
         if len(tuple(self.forget_bias_range)) != 2:
-            raise ValueError(f"forget_bias_range must be (low, high), got {self.forget_bias_range!r}")
+            raise ValueError("forget_bias_range must be (low, high), "
+                             f"got {self.forget_bias_range!r}")
         for value in self.forget_bias_range:
             check_range("forget_bias_range values", value, -1000, 1000)
         if self.backend not in BACKEND_NAMES:

@@ -1,6 +1,9 @@
 """xLSTM stack: input projection, residual mLSTM / sLSTM blocks by pattern, final norm."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
 import torch
 from tensordict import TensorDict
 from torch import Tensor, nn
@@ -29,8 +32,12 @@ class XLSTMCore(MemoryCore):
     def initial_state(self, batch_size: int, device: torch.device | str | None = None
                       ) -> TensorDict:
         parts = {f"block{j}": b.initial_state(batch_size, device)
-                 for j, b in enumerate(self.blocks)}
+                 for j, b in enumerate(self._blocks())}
         return TensorDict(parts, batch_size=[batch_size], device=device)
+
+    def _blocks(self) -> Sequence[MLSTMBlock | SLSTMBlock]:
+        # The ModuleList itself (no copy); a type checker only sees nn.Module items in it.
+        return cast("Sequence[MLSTMBlock | SLSTMBlock]", self.blocks)
 
     def forward(self, x: Tensor, state: TensorDict | None = None, reset: Tensor | None = None
                 ) -> tuple[Tensor, TensorDict]:
@@ -46,7 +53,7 @@ class XLSTMCore(MemoryCore):
         self._check_input(x, reset, step=step)
         state = self._state_or_zero(state, x)
         y, new = self.proj(x), {}
-        for j, block in enumerate(self.blocks):
+        for j, block in enumerate(self._blocks()):
             run = block.step if step else block
             y, new[f"block{j}"] = run(y, state[f"block{j}"], reset)
         return self.out_norm(y), TensorDict(new, batch_size=state.batch_size)
