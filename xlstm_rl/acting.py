@@ -154,8 +154,9 @@ class EnvStepper:
         try:
             obs, reward, terminated, truncated, infos = self.envs.step(actions)
         except (ValueError, TypeError, IndexError, AssertionError) as exc:
-            raise EnvFault(f"{self._where()} failed: {type(exc).__name__}: "
-                           f"{_first_line(exc)}") from exc
+            raise EnvFault(f"{self._where()} failed in step: {type(exc).__name__}: "
+                           f"{_first_line(exc)} (its observation space is {self.space})"
+                           ) from exc
         reward = np.asarray(reward, dtype=np.float64)
         bad = ~np.isfinite(reward)
         if bad.any():
