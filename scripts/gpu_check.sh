@@ -8,9 +8,9 @@
 # Environment: PYTHON (interpreter to use).
 #
 # Works on a bare machine with only torch + triton + pytest (the repository copied, no network):
-# when xlstm_rl is not installed, the repository root goes on PYTHONPATH. That is enough
-# because xlstm_rl/{kernels,agents,envs,configs} are committed symlinks to the top-level
-# folders (and those folders refuse to import under their bare names).
+# the repository root goes first on PYTHONPATH, so this checkout's code is what runs (never an
+# older install). That is enough because xlstm_rl/{kernels,agents,envs,configs} are committed
+# symlinks to the top-level folders (which refuse to import under their bare names).
 set -uo pipefail
 
 if [ $# -ne 1 ]; then
@@ -28,7 +28,10 @@ elif [ -x "$REPO/.venv/bin/python" ]; then PY=$REPO/.venv/bin/python
 else PY=$(command -v python3); fi
 
 log() { echo "[gpu_check $(date +%H:%M:%S)] $*" | tee -a "$LOG"; }
-importable() { (cd "$OUT" && "$PY" -c "import xlstm_rl.kernels" >>"$LOG" 2>&1); }
+importable() {
+    (cd "$OUT" && "$PY" -c "import xlstm_rl.kernels as k; print('xlstm_rl.kernels from', k.__file__)" \
+        >>"$LOG" 2>&1)
+}
 
 log "repo $REPO, python $PY, out $OUT"
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || true) | tee -a "$LOG"
@@ -43,10 +46,7 @@ if compgen -G "$REPO/.whl/*.whl" >/dev/null; then
         && export PYTHONPATH="/tmp/xlstm_rl_site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
-if ! importable; then
-    export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-    log "xlstm_rl is not installed: using the repository on PYTHONPATH"
-fi
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 importable || { log "FAILED: xlstm_rl.kernels is not importable"; exit 1; }
 
 # pytest from the repo root, for its config (pyproject.toml) and conftest.
