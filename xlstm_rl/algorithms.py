@@ -72,6 +72,9 @@ _REGISTRY: dict[str, AlgorithmSpec] = {
     "ppo": AlgorithmSpec(name="ppo", config="xlstm_rl.agents.ppo.config:PPOConfig",
                          trainer="xlstm_rl.agents.ppo.trainer:build_trainer",
                          policy="xlstm_rl.agents.ppo.policy:build_policy"),
+    "r2d2": AlgorithmSpec(name="r2d2", config="xlstm_rl.agents.r2d2.config:R2D2Config",
+                          trainer="xlstm_rl.agents.r2d2.trainer:build_trainer",
+                          policy="xlstm_rl.agents.r2d2.policy:build_policy"),
 }
 
 
