@@ -73,17 +73,23 @@ class ObsNormalizer:
         Raises:
             ValueError: If the statistics do not have this normalizer's shape or are not finite.
         """
-        mean, var = _to_numpy(state["mean"]), _to_numpy(state["var"])
-        count = float(np.asarray(_to_numpy(state["count"])).reshape(()))
-        for name, value in (("mean", mean), ("var", var)):
-            if tuple(value.shape) != self.shape:
-                raise ValueError(f"observation-normalization {name} has shape "
-                                 f"{list(value.shape)}, expected {list(self.shape)}")
-        if not (np.isfinite(mean).all() and np.isfinite(var).all() and np.isfinite(count)
-                and (var >= 0).all() and count > 0):
-            raise ValueError("observation-normalization statistics are not finite and positive")
-        self.mean, self.var, self.count = (mean.astype(np.float64), var.astype(np.float64),
-                                           count)
+        arrays = {}
+        for name in ("mean", "var", "count"):
+            value = np.asarray(_to_numpy(state[name]))
+            if not np.issubdtype(value.dtype, np.floating):
+                raise ValueError(f"observation normalization statistic {name!r} is not a "
+                                 f"floating-point array (dtype {value.dtype})")
+            want = () if name == "count" else self.shape
+            if value.shape != want and not (name == "count" and value.size == 1):
+                raise ValueError(f"observation normalization statistic {name!r} has shape "
+                                 f"{list(value.shape)}; the observation space needs "
+                                 f"{list(want) if want else 'one value'}")
+            if not np.isfinite(value).all() or (name != "mean" and (value < 0).any()):
+                raise ValueError(f"observation normalization statistic {name!r} holds NaN, "
+                                 "infinite or negative values")
+            arrays[name] = value.astype(np.float64)
+        mean, var, count = arrays["mean"], arrays["var"], float(arrays["count"].reshape(()))
+        self.mean, self.var, self.count = mean, var, count
 
 
 def _to_numpy(x: Any) -> np.ndarray:

@@ -23,7 +23,7 @@ state is a ``tensordict.TensorDict`` with batch ``[n]``; pass ``reset[i] = True`
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,8 @@ from xlstm_rl.config import RunConfig
 from xlstm_rl.spaces import SpaceError, space_from_json
 from xlstm_rl.typed import ConfigError
 
-__all__ = ["Policy", "check_weights", "load_policy", "policy_from_checkpoint"]
+__all__ = ["Policy", "build_checked_network", "check_weights", "load_policy",
+           "policy_from_checkpoint"]
 
 
 class Policy:
@@ -171,73 +172,43 @@ def checkpoint_config(ckpt: Checkpoint) -> RunConfig:
         raise CheckpointError(f"{ckpt.path}: its config is invalid ({exc})") from exc
 
 
-def _build_network(ckpt: Checkpoint, config: RunConfig, obs_space: spaces.Space,
-                   act_space: spaces.Space) -> torch.nn.Module:
-    """The checkpoint's network with its weights; checked on the meta device first, so a
-    file whose config asks for a huge network but holds other weights allocates nothing."""
-    from xlstm_rl.networks import ActorCritic
+def build_checked_network(factory: Callable[[], torch.nn.Module], weights: Any, where: str
+                          ) -> torch.nn.Module:
+    """Builds a network and loads ``weights`` only after they were checked against it.
 
-    weights = ckpt.state.get("policy")
+    ``factory`` runs first under ``torch.device("meta")`` (no memory), so a file whose config
+    asks for a huge network but holds other weights allocates nothing; then for real.
+
+    Raises:
+        CheckpointError: Unbuildable config, or weights whose names, shapes or dtypes differ.
+    """
     if not isinstance(weights, dict):
-        raise CheckpointError(f"{ckpt.path} holds no policy weights")
-    model = replace(config.model, backend="auto")  # kernels are the user's choice, not the file's
+        raise CheckpointError(f"{where} holds no policy weights")
     try:
         with torch.device("meta"):
-            skeleton = ActorCritic(obs_space, act_space, model)
+            skeleton = factory()
     except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{ckpt.path}: cannot build its network ({exc})") from exc
-    check_weights(skeleton, weights, str(ckpt.path))
-    network = ActorCritic(obs_space, act_space, model)
+        raise CheckpointError(f"{where}: cannot build its network ({exc})") from exc
+    check_weights(skeleton, weights, where)
+    network = factory()
     network.load_state_dict(weights)
     return network
 
 
-def _check_obs_norm(ckpt: Checkpoint, stats: Any, obs_space: spaces.Space) -> None:
-    """Observation-normalization statistics must be finite float tensors of the space's shape."""
-    if not isinstance(obs_space, spaces.Box):
-        raise CheckpointError(f"{ckpt.path}: its config normalizes observations, but the "
-                              f"observation space is {type(obs_space).__name__}, not a Box")
-    if not isinstance(stats, dict):
-        raise CheckpointError(f"{ckpt.path}: observation normalization statistics are missing")
-    for key, shape in (("mean", tuple(obs_space.shape)), ("var", tuple(obs_space.shape)),
-                       ("count", None)):
-        value = stats.get(key)
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-            raise CheckpointError(f"{ckpt.path}: observation normalization statistic {key!r} is "
-                                  "missing or not a floating-point tensor")
-        if (value.numel() != 1) if shape is None else (tuple(value.shape) != shape):
-            want = "one value" if shape is None else f"shape {list(shape)}"
-            raise CheckpointError(f"{ckpt.path}: observation normalization statistic {key!r} "
-                                  f"has shape {list(value.shape)}; the observation space needs "
-                                  f"{want}")
-        if not bool(torch.isfinite(value).all()) or (key != "mean" and bool((value < 0).any())):
-            raise CheckpointError(f"{ckpt.path}: observation normalization statistic {key!r} "
-                                  "holds NaN, infinite or negative values")
-
-
 def policy_from_checkpoint(ckpt: Checkpoint, device: str | torch.device = "cpu") -> Policy:
-    """Builds the :class:`Policy` of a loaded checkpoint (see :func:`load_policy`).
+    """Builds the :class:`Policy` of a loaded checkpoint (see :func:`load_policy`) with the
+    policy builder of its algorithm (:mod:`xlstm_rl.algorithms`).
 
     Runs nothing the file names: the config, the spaces and the weights' names, shapes and
     dtypes are all checked before the network is allocated.
     """
     import xlstm_rl.envs  # noqa: F401  (registers the xlstm_rl/* ids for gym.make)
-    from xlstm_rl.obs_norm import ObsNormalizer
+    from xlstm_rl.algorithms import get_algorithm
 
     config = checkpoint_config(ckpt)
     obs_space, act_space = checkpoint_spaces(ckpt)
-    network = _build_network(ckpt, config, obs_space, act_space)
-    normalizer = None
-    if config.ppo.normalize_obs:
-        stats = ckpt.state.get("obs_norm")
-        _check_obs_norm(ckpt, stats, obs_space)
-        normalizer = ObsNormalizer(obs_space.shape, clip=config.ppo.obs_clip)
-        try:
-            normalizer.load_state_dict(stats)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise CheckpointError(f"{ckpt.path}: bad observation normalization statistics "
-                                  f"({str(exc)[:160]})") from exc
-    return Policy(network.to(device), obs_space, act_space, config, normalizer, device)
+    build = get_algorithm(config.algo).policy_builder()
+    return build(config, obs_space, act_space, ckpt.state, str(device), str(ckpt.path))
 
 
 def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> Policy:
