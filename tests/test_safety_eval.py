@@ -117,7 +117,7 @@ def test_unwritable_json_fails_before_evaluating(good, tmp_path, capsys, monkeyp
     def never(*args, **kwargs):
         raise AssertionError("evaluated although --json cannot be written")
 
-    monkeypatch.setattr(eval_mod, "run_episodes", never)
+    monkeypatch.setattr("xlstm_rl.evaluation.evaluate_policy", never)
     line = _one_error_line(capsys, ["eval", str(good), "--json", target])
     assert "--json file" in line and "cannot be written" in line
 

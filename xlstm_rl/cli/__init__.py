@@ -61,7 +61,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                        description="Evaluate a trained policy and print return statistics.")
     p.add_argument("source", metavar="CHECKPOINT_OR_RUN",
                    help="a .safetensors checkpoint or a run directory (best, else latest)")
-    p.add_argument("--episodes", type=int, default=20, metavar="N", help="episodes (default 20)")
+    p.add_argument("--episodes", type=int, default=20, metavar="N",
+                   help="episodes (default 20); env i of K runs (N + i) // K of them")
+    p.add_argument("--max-episode-steps", type=int, default=100_000, metavar="T",
+                   help="cut an episode after T steps and report it as capped (default 100000)")
     p.add_argument("--env", metavar="ID", help="evaluate on this env id instead of the run's")
     p.add_argument("--num-envs", type=int, metavar="K", help="parallel envs (default: the run's)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="env seed (default 0)")

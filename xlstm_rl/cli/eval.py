@@ -11,70 +11,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from xlstm_rl.cli.errors import UserError, as_user_error, check_device
 from xlstm_rl.fileio import atomic_write_text
-
-
-def run_episodes(policy: Any, envs: Any, episodes: int, *, deterministic: bool = True,
-                 seed: int | None = None) -> dict[str, float]:
-    """Runs ``policy`` on a vector env until ``episodes`` episodes have ended.
-
-    Sub-env ``i`` contributes ``(episodes + i) // num_envs`` episodes, so short episodes are
-    not over-represented.
-
-    Args:
-        policy: A :class:`xlstm_rl.policy.Policy`.
-        envs: A vector env with ``autoreset_mode="same_step"``.
-        episodes: Number of episodes.
-        deterministic: Act with the most likely action.
-        seed: Seed of ``envs.reset`` and of the action sampling.
-
-    Returns:
-        ``mean/std/min/max`` of ``return`` and ``length`` (keys ``mean_return``, ...),
-        ``episodes`` and, when the env reports ``success``, ``success_rate``.
-    """
-    import torch
-
-    from xlstm_rl.envs import episode_success
-
-    n = envs.num_envs
-    quota = np.array([(episodes + i) // n for i in range(n)])
-    taken = np.zeros(n, dtype=np.int64)
-    ep_ret, ep_len = np.zeros(n), np.zeros(n, dtype=np.int64)
-    returns, lengths, successes = [], [], []
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        obs, _ = envs.reset(seed=seed)
-        state, reset = policy.initial_state(n), np.ones(n, dtype=bool)
-        while (taken < quota).any():
-            action, state = policy.act(obs, state, reset, deterministic=deterministic)
-            obs, reward, term, trunc, infos = envs.step(action)
-            reset = np.asarray(term, bool) | np.asarray(trunc, bool)
-            ep_ret += np.asarray(reward, np.float64)
-            ep_len += 1
-            success = episode_success(infos, n)
-            for i in np.flatnonzero(reset & (taken < quota)):
-                returns.append(ep_ret[i])
-                lengths.append(ep_len[i])
-                successes.append(success[i])
-                taken[i] += 1
-            ep_ret[reset], ep_len[reset] = 0.0, 0
-    out: dict[str, float] = {"episodes": float(len(returns))}
-    for name, values in (("return", returns), ("length", lengths)):
-        arr = np.asarray(values, dtype=np.float64)
-        out.update({f"mean_{name}": float(arr.mean()), f"std_{name}": float(arr.std()),
-                    f"min_{name}": float(arr.min()), f"max_{name}": float(arr.max())})
-    reported = [s for s in successes if not math.isnan(s)]
-    if reported:
-        out["success_rate"] = float(np.mean(reported))
-    return out
 
 
 def _video_wrapper(folder: str, env_id: str, episodes: int) -> dict[str, Any]:
@@ -190,6 +131,8 @@ def _print(result: dict[str, float], header: str) -> None:
           f"min {result['min_length']:.0f}  max {result['max_length']:.0f}")
     if "success_rate" in result:
         print(f"success rate {result['success_rate']:.3f}")
+    if result.get("capped_episodes"):
+        print(f"{int(result['capped_episodes'])} episodes were cut at --max-episode-steps")
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -199,19 +142,23 @@ def run_eval(args: argparse.Namespace) -> int:
         0 on success.
     """
     from xlstm_rl.checkpoint import load_checkpoint
+    from xlstm_rl.evaluation import evaluate_policy
     from xlstm_rl.policy import policy_from_checkpoint
     from xlstm_rl.rundir import find_checkpoint
 
     if args.episodes < 1:
         raise UserError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.max_episode_steps < 1:
+        raise UserError(f"--max-episode-steps must be >= 1, got {args.max_episode_steps}")
     if args.json:
         check_writable_file(args.json, "--json file")
     ckpt = load_checkpoint(find_checkpoint(args.source))
     policy = policy_from_checkpoint(ckpt, device=check_device(args.device))
     envs, env_id = _make_envs(policy, args, ckpt.path)
     try:
-        result = run_episodes(policy, envs, args.episodes, deterministic=not args.stochastic,
-                              seed=args.seed)
+        result = evaluate_policy(policy, envs, args.episodes, deterministic=not args.stochastic,
+                                 seed=args.seed, max_episode_steps=args.max_episode_steps,
+                                 env_id=env_id)
     finally:
         envs.close()
     mode = "stochastic" if args.stochastic else "deterministic"
