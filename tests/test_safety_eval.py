@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-import xlstm_rl.cli.eval as eval_mod
 from xlstm_rl.checkpoint import load_checkpoint, save_checkpoint
 from xlstm_rl.cli import build_parser, main
 

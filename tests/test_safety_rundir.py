@@ -94,7 +94,8 @@ def test_overwrite_replaces_a_run_dir_written_by_xlstm_rl(run, tmp_path) -> None
     assert main(["train", *TINY, "--total-steps", "16", "--run-dir", str(copy),
                  "--overwrite"]) == 0
     assert not (copy / ".metrics.jsonl.tmp12345").exists()
-    assert (copy / MARKER_FILE).is_file() and (copy / "checkpoints" / "latest.safetensors").is_file()
+    assert (copy / MARKER_FILE).is_file()
+    assert (copy / "checkpoints" / "latest.safetensors").is_file()
 
 
 def test_old_run_dir_without_marker_is_not_overwritten_but_resumes(run, tmp_path,

@@ -70,7 +70,8 @@ class PPOConfig:
         for name in ("rollout_len", "seq_len", "epochs", "minibatches"):
             check_range(name, getattr(self, name), 1, MAX_STEPS, integer=True)
         if self.rollout_len % self.seq_len:
-            raise ValueError(f"seq_len ({self.seq_len}) must divide rollout_len ({self.rollout_len})")
+            raise ValueError(f"seq_len ({self.seq_len}) must divide rollout_len "
+                             f"({self.rollout_len})")
         for name in ("lr", "adam_eps", "clip_coef", "max_grad_norm", "obs_clip", "reward_scale"):
             check_range(name, getattr(self, name), 0, low_open=True)
         for name in ("gamma", "gae_lambda"):
@@ -80,7 +81,7 @@ class PPOConfig:
         if self.target_kl is not None:
             check_range("target_kl", self.target_kl, 0)
 
-    def check_env(self, env: "EnvConfig") -> None:
+    def check_env(self, env: EnvConfig) -> None:
         """Checks the settings that depend on the env section (the number of chunks).
 
         Args:
