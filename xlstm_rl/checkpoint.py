@@ -38,6 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from xlstm_rl.fileio import commit_temp, temp_path
+from xlstm_rl.errors import CheckpointError, NonFiniteCheckpointError
 from xlstm_rl.version import __version__
 
 FORMAT_NAME = "xlstm-rl-checkpoint"
@@ -49,14 +50,6 @@ MAX_DEPTH = 64
 """Deepest nesting of JSON metadata (config, spaces, structure, extra) accepted."""
 _DIGESTED_METADATA = ("format", "format_version", "library_version", "config", "spaces",
                       "structure", "extra")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message is one line and names the file."""
-
-
-class NonFiniteCheckpointError(CheckpointError):
-    """A state holding NaN or infinite values was not written (one-line message)."""
 
 
 @dataclass(frozen=True)

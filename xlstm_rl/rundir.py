@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from xlstm_rl.errors import RunDirError
 from xlstm_rl.version import __version__
 
 CONFIG_FILE = "config.yaml"
@@ -36,10 +37,6 @@ EVAL_FILE = "eval.json"
 MARKER_FILE = ".xlstm-rl-run"
 _TOP_FILES = frozenset({CONFIG_FILE, METRICS_FILE, EVAL_FILE, MARKER_FILE})
 _TMP = re.compile(r"^\..+\.tmp\d+$")
-
-
-class RunDirError(ValueError):
-    """A run directory that cannot be used as asked (one-line message)."""
 
 
 def default_run_dir(name: str, root: str | Path = "runs") -> Path:

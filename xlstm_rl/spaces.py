@@ -15,9 +15,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-
-class SpaceError(ValueError):
-    """A space that cannot be described or rebuilt (one-line message)."""
+from xlstm_rl.errors import SpaceError
 
 
 MAX_ELEMENTS = 2**24

@@ -16,9 +16,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
-
-class ConfigError(ValueError):
-    """A configuration problem; the message is one line and names the offending key."""
+from xlstm_rl.errors import ConfigError
 
 
 MAX_SIZE = 65536

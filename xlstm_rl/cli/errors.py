@@ -5,22 +5,14 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
-from xlstm_rl.checkpoint import CheckpointError
-from xlstm_rl.rundir import RunDirError
-from xlstm_rl.spaces import SpaceError
-from xlstm_rl.typed import ConfigError
+from xlstm_rl.errors import USER_ERRORS, UserError
+
+__all__ = ["EXIT_USER_ERROR", "USER_ERRORS", "UserError", "as_user_error", "check_device",
+           "one_line", "report"]
 
 EXIT_USER_ERROR = 2
-"""Exit code of every user error (bad arguments, config, environment id or checkpoint)."""
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for; the CLI prints ``error: <message>`` and exits 2."""
-
-
-USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ConfigError, CheckpointError,
-                                                SpaceError, RunDirError)
-"""Exception types the CLI reports as one-line user errors."""
+"""Exit code of every user error (bad arguments, config, environment id, checkpoint, or a
+training fault such as a NaN reward)."""
 
 MAX_MESSAGE = 300
 """Longest error message shown (characters); longer ones are cut with an ellipsis."""

@@ -21,7 +21,6 @@ from typing import Any
 
 from xlstm_rl.cli.errors import UserError, as_user_error, check_device
 from xlstm_rl.config import RunConfig, load_config, save_config
-from xlstm_rl.errors import TrainingFault
 from xlstm_rl.run_loop import INTERRUPT_EXIT, RunLoop, restore_trainer, training_spaces
 from xlstm_rl.rundir import (CONFIG_FILE, EVAL_FILE, METRICS_FILE, TB_DIR, check_new_run_dir,
                              checkpoint_path, default_run_dir, prepare_new_run_dir)
@@ -137,8 +136,8 @@ def run_train(args: argparse.Namespace) -> int:
         0 when training completed, 130 / 143 when interrupted by SIGINT / SIGTERM.
 
     Raises:
-        UserError: Also for a :class:`~xlstm_rl.errors.TrainingFault` (non-finite values or a
-            misbehaving env), after which the checkpoints are left as they were.
+        TrainingFault: Non-finite values or a misbehaving env (a one-line user error for the
+            CLI); the checkpoints are left as they were.
     """
     from xlstm_rl.checkpoint import load_checkpoint
 
@@ -154,8 +153,6 @@ def run_train(args: argparse.Namespace) -> int:
                 print("interrupted before training started; nothing was written", flush=True)
                 return INTERRUPT_EXIT.get(stop.signum, 130)
             return _run(trainer, config, run_dir, ckpt, args, stop)
-        except TrainingFault as exc:
-            raise UserError(str(exc)) from exc
         finally:
             trainer.close()
 
