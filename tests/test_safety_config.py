@@ -128,3 +128,11 @@ def test_error_messages_are_capped(capsys) -> None:
     err = capsys.readouterr().err
     assert err.startswith("error: x") and err.rstrip().endswith("...")
     assert len(err.rstrip()) <= len("error: ") + MAX_MESSAGE
+
+
+def test_alias_bomb_in_a_set_value_is_refused(capsys) -> None:
+    value = "{a: &a [1,1,1,1,1,1,1,1,1], b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a], " + \
+        "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b], d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c], " + \
+        "e: [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d,*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]}"
+    with pytest.raises(ConfigError, match="expands to more than"):
+        load_config(None, [f"env.kwargs.x={value}"])

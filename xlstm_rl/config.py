@@ -273,8 +273,15 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"bad override {text!r}: value is not valid YAML "
+        raise ConfigError(f"bad override {text[:80]!r}: value is not valid YAML "
                           f"({str(exc).splitlines()[0]})") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"bad override for {key[:80]!r}: the value is nested too deeply"
+                          ) from exc
+    if _count_nodes(value, MAX_CONFIG_NODES) > MAX_CONFIG_NODES:
+        raise ConfigError(f"bad override for {key[:80]!r}: the value expands to more than "
+                          f"{MAX_CONFIG_NODES} values (YAML aliases are counted each time they "
+                          "are used); refusing it")
     return key, value
 
 

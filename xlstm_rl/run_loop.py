@@ -137,6 +137,9 @@ class RunLoop:
 
         self.trainer, self.config, self.run_dir, self.spaces = trainer, config, run_dir, spaces
         self.run_state = RunState() if run_state is None else run_state
+        target = config.train.target_return  # judged by this run's config, not the saved one
+        self._update_state(reached_target=target is not None
+                           and self.run_state.best_return >= target)
         purge = None
         if run_state is not None:
             self._drop_metrics_after(trainer.global_step)

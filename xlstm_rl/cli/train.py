@@ -22,8 +22,9 @@ from typing import Any
 from xlstm_rl.cli.errors import UserError, as_user_error, check_device
 from xlstm_rl.config import RunConfig, load_config, save_config
 from xlstm_rl.run_loop import INTERRUPT_EXIT, RunLoop, restore_trainer, training_spaces
-from xlstm_rl.rundir import (CONFIG_FILE, EVAL_FILE, METRICS_FILE, TB_DIR, check_new_run_dir,
-                             checkpoint_path, default_run_dir, prepare_new_run_dir)
+from xlstm_rl.rundir import (CONFIG_FILE, EVAL_FILE, METRICS_FILE, TB_DIR,
+                             check_creatable_dir, check_new_run_dir, checkpoint_path,
+                             default_run_dir, prepare_new_run_dir)
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -84,6 +85,7 @@ def _resolve(args: argparse.Namespace) -> tuple[RunConfig, Path, Path | None]:
         run_dir = Path(args.resume)
         if not (run_dir / CONFIG_FILE).is_file():
             raise UserError(f"cannot resume {run_dir}: not a run directory (no {CONFIG_FILE})")
+        check_creatable_dir(run_dir)  # a resume writes there too: fail before any work
         latest = checkpoint_path(run_dir, "latest")
         if not latest.is_file():
             raise UserError(f"cannot resume {run_dir}: it has no checkpoints/latest.safetensors")
@@ -168,6 +170,10 @@ def _run(trainer: Any, config: RunConfig, run_dir: Path, ckpt: Any, args: argpar
     if ckpt is None:
         loop.save("latest")  # resumable from the first moment
     save_config(config, run_dir / CONFIG_FILE)
+    if loop.run_state.reached_target:
+        print(f"this run already reached train.target_return "
+              f"({config.train.target_return}); nothing left to train (set "
+              "train.target_return=null, or higher, to continue)", flush=True)
     action = "resuming" if trainer.global_step else "training"
     print(f"{action} {config.algo} + {config.model.core} on {config.env.id}; run directory: "
           f"{run_dir}", flush=True)
