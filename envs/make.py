@@ -1,7 +1,6 @@
 """Registration of the xlstm_rl tasks and the ``make_env`` / ``make_vec_env`` factories."""
 from __future__ import annotations
 
-import difflib
 import importlib
 import multiprocessing
 import os
@@ -15,6 +14,7 @@ from gymnasium import error as gym_error
 from gymnasium.envs.registration import find_highest_version, parse_env_id
 from gymnasium.vector import AutoresetMode
 
+from xlstm_rl.suggest import close_matches
 from xlstm_rl.envs.wrappers import (ImportNotAllowedError, WrapperSpec, apply_wrappers,
                                     resolve_wrapper)
 
@@ -84,14 +84,9 @@ def close_env_ids(env_name: str, n: int = 3) -> list[str]:
     Returns:
         Registered ids, best match first.
     """
-    by_full: dict[str, str] = {}
-    by_bare: dict[str, list[str]] = {}
-    for key in gym.registry:
-        by_full.setdefault(key.lower(), key)
-        by_bare.setdefault(_bare_name(key), []).append(key)
-    found = [by_full[m] for m in difflib.get_close_matches(env_name.lower(), list(by_full), n=n)]
-    for bare in difflib.get_close_matches(_bare_name(env_name), list(by_bare), n=n):
-        found.extend(sorted(by_bare[bare], reverse=True))
+    ids = list(gym.registry)
+    found = close_matches(env_name, ids, n=n)
+    found += close_matches(env_name, ids, n=n, normalize=_bare_name)
     return list(dict.fromkeys(found))[:n]
 
 

@@ -16,7 +16,6 @@ Packaged configs live in ``xlstm_rl/configs/*.yaml`` and are named by file stem
 """
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass, field, make_dataclass
 from importlib import resources
@@ -27,6 +26,7 @@ import yaml
 
 from xlstm_rl.algorithms import algorithm_names, get_algorithm
 from xlstm_rl.fileio import atomic_write_text
+from xlstm_rl.suggest import close_matches, format_suggestions
 from xlstm_rl.schema import MAX_ENVS, EnvConfig, ModelConfig
 from xlstm_rl.typed import ConfigError, check_range, from_data, set_path, to_data
 
@@ -251,8 +251,8 @@ def _config_text(source: str | os.PathLike) -> tuple[str, str]:
         if resource.is_file():
             return resource.read_text(), name
     names = packaged_configs()
-    close = difflib.get_close_matches(Path(name).name, names, n=3, cutoff=0.5)
-    hint = (f"did you mean {', '.join(repr(c) for c in close)}?" if close
+    close = close_matches(Path(name).name, names, cutoff=0.5)
+    hint = (format_suggestions(close)[2:] if close
             else f"packaged configs: {', '.join(names)}")
     raise ConfigError(f"config {str(source)!r} is neither a file nor a packaged config; {hint}")
 

@@ -8,11 +8,11 @@ plain dicts (``yaml.safe_dump``-able: tuples become lists).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from xlstm_rl.cores.config import CORE_NAMES, CoreConfig
+from xlstm_rl.suggest import did_you_mean
 from xlstm_rl.typed import MAX_SIZE, check_range
 
 C = TypeVar("C")
@@ -56,9 +56,8 @@ def config_from_dict(cls: type[C], data: dict[str, Any] | None) -> C:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        hint = difflib.get_close_matches(unknown[0], names, n=1)
-        extra = f"; did you mean {hint[0]!r}?" if hint else ""
-        raise ValueError(f"unknown {cls.__name__} field {unknown[0]!r}{extra}")
+        hint = did_you_mean(unknown[0], names, n=1)
+        raise ValueError(f"unknown {cls.__name__} field {unknown[0]!r}{hint}")
     return cls(**data)
 
 

@@ -9,7 +9,6 @@ Every problem raises :class:`ConfigError` with a one-line message naming the dot
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import types
 import typing
@@ -17,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
 from xlstm_rl.errors import ConfigError
+from xlstm_rl.suggest import close_matches, format_suggestions
 
 
 MAX_SIZE = 65536
@@ -99,13 +99,10 @@ def unknown_key_error(key: str, valid: Sequence[str]) -> ConfigError:
     """A one-line error for an unknown dotted key, suggesting the closest valid keys."""
     if "." in key:  # suggest fields, not whole sections, for a dotted key
         valid = [k for k in valid if "." in k] or list(valid)
-    close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.6)
+    close = close_matches(key, valid)
     if not close:  # compare the last segment alone: 'lr' -> 'ppo.lr'
-        last = key.rsplit(".", 1)[-1]
-        by_last = {k.rsplit(".", 1)[-1]: k for k in valid}
-        close = [by_last[m] for m in difflib.get_close_matches(last, list(by_last), n=3)]
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return ConfigError(f"unknown config key {key!r}{hint}")
+        close = close_matches(key, valid, normalize=lambda k: k.rsplit(".", 1)[-1])
+    return ConfigError(f"unknown config key {key!r}{format_suggestions(close)}")
 
 
 def _coerce_scalar(value: Any, tp: type, key: str) -> Any:

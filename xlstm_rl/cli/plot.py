@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib.util
 from pathlib import Path
 
 from xlstm_rl.cli.errors import UserError
+from xlstm_rl.suggest import close_matches, format_suggestions
 
 DEFAULT_TAGS = ("episode/return", "charts/episode_return", "eval/return_mean")
 """Tags tried in order when ``--tag`` is not given."""
@@ -42,8 +42,8 @@ def read_scalars(run: str | Path, tag: str | None) -> tuple[str, list[int], list
     tags = acc.Tags().get("scalars", [])
     chosen = tag if tag is not None else next((t for t in DEFAULT_TAGS if t in tags), None)
     if chosen not in tags:
-        close = difflib.get_close_matches(tag or DEFAULT_TAGS[0], tags, n=3, cutoff=0.4)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else (
+        close = close_matches(tag or DEFAULT_TAGS[0], tags, cutoff=0.4)
+        hint = format_suggestions(close) if close else (
             f"; tags: {', '.join(sorted(tags)[:8])}" if tags else "; it has no scalars")
         raise UserError(f"{run} has no scalar {tag or DEFAULT_TAGS[0]!r}{hint}")
     by_step = {e.step: e.value for e in acc.Scalars(chosen)}
