@@ -188,7 +188,8 @@ def _autoreset_mode(mode: str | AutoresetMode) -> AutoresetMode:
         return mode
     key = str(mode).lower()
     if key not in _AUTORESET_MODES:
-        raise ValueError(f"unknown autoreset_mode {mode!r}; expected one of {list(_AUTORESET_MODES)}")
+        raise ValueError(f"unknown autoreset_mode {mode!r}; expected one of "
+                         f"{list(_AUTORESET_MODES)}")
     return _AUTORESET_MODES[key]
 
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import gymnasium as gym
 
-WrapperSpec = Union[Callable[..., gym.Env], str, Mapping[str, Any]]
+WrapperSpec = Callable[..., gym.Env] | str | Mapping[str, Any]
 
 
 def import_object(path: str) -> Any:
@@ -50,7 +50,8 @@ def import_object(path: str) -> Any:
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ValueError(f"bad wrapper path {path!r}: {module_name!r} has no attribute {attr!r}")
+            raise ValueError(f"bad wrapper path {path!r}: {module_name!r} has no attribute "
+                             f"{attr!r}")
         obj = getattr(obj, part)
     return obj
 

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field, make_dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -54,23 +54,23 @@ class TrainConfig:
     """Seed of the networks, the sampling and the environments."""
     device: str = "cpu"
     """Torch device: ``cpu``, ``cuda``, ``cuda:1`` or ``auto`` (CUDA when available)."""
-    torch_threads: Optional[int] = None
+    torch_threads: int | None = None
     """Torch CPU threads (``torch.set_num_threads``); null keeps torch's default."""
     eval_every: int = 0
     """Evaluate every this many env steps (0: only at the end); the best evaluation return
     so far is kept as ``checkpoints/best.safetensors``."""
     eval_episodes: int = 32
     """Episodes per evaluation."""
-    eval_num_envs: Optional[int] = None
+    eval_num_envs: int | None = None
     """Parallel envs for evaluation (null: ``min(eval_episodes, 16)``)."""
     eval_deterministic: bool = True
     """Evaluate with the most likely action instead of sampling."""
     checkpoint_every: int = 0
     """Write ``checkpoints/latest.safetensors`` every this many env steps (0: only at the end
     and when interrupted)."""
-    target_return: Optional[float] = None
+    target_return: float | None = None
     """Stop early once an evaluation's mean return reaches this (null: never)."""
-    eval_max_episode_steps: Optional[int] = 100_000
+    eval_max_episode_steps: int | None = 100_000
     """Cut an evaluation episode after this many steps and count it as capped (reported as
     ``eval/capped_episodes``), so an env that never ends cannot hang an evaluation; null:
     never cut (only for envs known to end)."""
@@ -149,7 +149,7 @@ class RunConfig:
                 "algo": self.algo}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "RunConfig":
+    def from_dict(cls, data: dict[str, Any] | None) -> RunConfig:
         """Builds a config from plain data, checking every key and value.
 
         Raises:
@@ -160,7 +160,7 @@ class RunConfig:
         return cls(env=parsed.env, model=parsed.model, train=parsed.train, algo=parsed.algo,
                    algo_config=getattr(parsed, parsed.algo))
 
-    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> "RunConfig":
+    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> RunConfig:
         """A copy with ``key=value`` overrides applied (see :func:`parse_override`)."""
         data = self.to_dict()
         for text in overrides:

@@ -160,7 +160,7 @@ class RunLoop:
             rows = [r for r in read_metrics(path) if int(r.get("step", 0)) <= step]
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
-    def __enter__(self) -> "RunLoop":
+    def __enter__(self) -> RunLoop:
         from tqdm import tqdm
 
         per_iteration = self.trainer.steps_per_iteration  # the last iteration may overshoot

@@ -38,7 +38,7 @@ def _tupled(value: Any) -> Any:
 
 
 def freeze_tuple_fields(config: Any) -> None:
-    """In ``__post_init__`` of a frozen dataclass: store tuple-typed fields given as lists as tuples."""
+    """In a frozen dataclass's ``__post_init__``: store tuple fields given as lists as tuples."""
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if isinstance(value, list):

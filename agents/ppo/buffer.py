@@ -39,7 +39,8 @@ class RolloutBuffer:
         if T % seq_len:
             raise ValueError(f"seq_len ({seq_len}) must divide the rollout length ({T})")
         if tuple(states.batch_size) != (T // seq_len, N):
-            raise ValueError(f"states must have batch {(T // seq_len, N)}, got {tuple(states.batch_size)}")
+            raise ValueError(f"states must have batch {(T // seq_len, N)}, got "
+                             f"{tuple(states.batch_size)}")
         self.data, self.states, self.last_value, self.seq_len = data, states, last_value, seq_len
 
     @property

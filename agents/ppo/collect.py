@@ -1,4 +1,4 @@
-"""Rollout collection for PPO on top of the shared acting loop (:class:`~xlstm_rl.acting.EnvStepper`).
+"""PPO rollout collection on the shared acting loop (:class:`~xlstm_rl.acting.EnvStepper`).
 
 With same-step autoreset the observation returned for an env whose episode ended is already
 the first observation of its next episode; the ended episode's last observation comes in
@@ -53,7 +53,8 @@ class RolloutCollector:
                  normalizer: ObsNormalizer | None = None, reward_scale: float = 1.0,
                  device: torch.device | str = "cpu", generator: torch.Generator | None = None,
                  env_id: str = "env") -> None:
-        self.envs, self.policy, self.normalizer, self.generator = envs, policy, normalizer, generator
+        self.envs, self.policy, self.normalizer = envs, policy, normalizer
+        self.generator = generator
         self.reward_scale, self.device = float(reward_scale), torch.device(device)
         self.stepper = EnvStepper(envs, env_id)
         self.space = envs.single_observation_space

@@ -73,5 +73,6 @@ def env_snapshot_from_state(saved: dict[str, dict[str, Any]], num_envs: int
         s = saved[str(j)]
         actions = s["actions"]
         out.append({"base_seed": int(s["base_seed"]), "episode": int(s["episode"]),
-                    "actions": actions.numpy() if torch.is_tensor(actions) else np.asarray(actions)})
+                    "actions": (actions.numpy() if torch.is_tensor(actions)
+                                else np.asarray(actions))})
     return out

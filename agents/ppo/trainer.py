@@ -49,7 +49,7 @@ def build_envs(env: EnvConfig, seed: int) -> gym.vector.VectorEnv:
                         wrappers=wrappers, autoreset_mode="same_step", **dict(env.kwargs))
 
 
-def build_trainer(config: Any) -> "PPOTrainer":
+def build_trainer(config: Any) -> PPOTrainer:
     """The trainer of a run config (``xlstm_rl.config.RunConfig`` with ``algo: ppo``)."""
     return PPOTrainer(config.env, config.model, config.ppo, seed=config.train.seed,
                       device=config.train.resolved_device())

@@ -51,7 +51,7 @@ class StopFlag:
         tqdm.write(f"{signal.Signals(signum).name}: stopping and writing a checkpoint (Ctrl-C "
                    "again aborts without one)")
 
-    def __enter__(self) -> "StopFlag":
+    def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
             for sig in _SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
