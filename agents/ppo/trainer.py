@@ -195,7 +195,8 @@ class PPOTrainer:
 
     def _update(self, buffer: RolloutBuffer) -> dict[str, float]:
         """``epochs`` passes of minibatch updates (optional state refresh / KL early stop)."""
-        cfg, sums, count, epochs_run = self.cfg, {}, 0, 0
+        cfg, count, epochs_run = self.cfg, 0, 0
+        sums: dict[str, float] = {}
         for epoch in range(cfg.epochs):
             if epoch > 0 and cfg.refresh_states:
                 buffer.refresh_states(self.policy)
@@ -276,6 +277,8 @@ class PPOTrainer:
         :mod:`xlstm_rl.trainer`): ``policy`` weights, ``obs_norm`` statistics, and ``trainer``
         with optimizer, RNG, collector, env snapshots and counters."""
         col = self.collector
+        if col.obs is None:
+            raise RuntimeError("state_dict() before the collector was reset")
         obs = col.obs.clone()
         obs = obs.to_dict() if hasattr(obs, "to_dict") else obs
         trainer = {
