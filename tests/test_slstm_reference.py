@@ -5,7 +5,7 @@ backward), ``slstm_step`` called once per step, and ``slstm_sequence_reference``
 a loop of the step).
 
 The sLSTM has no golden file, so the reference is checked against an independent float64
-implementation of the *unstabilized* recurrence of DESIGN.md ("sLSTM math"):
+implementation of the *unstabilized* recurrence of docs/architecture.md ("sLSTM math"):
 
     C_t = sigmoid(f̃_t) C_{t-1} + exp(ĩ_t) tanh(z̃_t),   N_t = sigmoid(f̃_t) N_{t-1} + exp(ĩ_t)
     h_t = sigmoid(õ_t) C_t / N_t
