@@ -27,7 +27,6 @@ from xlstm_rl.errors import TrainingFault
 
 from .config import R2D2Config
 from .networks import R2D2Network
-from .replay import sequence_priority
 
 
 def h(x: Tensor, eps: float = 1e-3) -> Tensor:
@@ -77,6 +76,30 @@ def n_step_targets(reward: Tensor, terminated: Tensor, valid: Tensor, boot_value
     return ret + boot_disc * boot_value.gather(1, boot_slot.clamp_max(T))
 
 
+def sequence_priority(abs_td: Tensor, mask: Tensor, eta: float) -> Tensor:
+    """R2D2's sequence priority ``eta * max|td| + (1 - eta) * mean|td|`` over masked steps.
+
+    Args:
+        abs_td: ``[B, T]`` absolute TD errors; mask: ``[B, T]`` bool, the steps that count.
+        eta: Mixing weight of the max.
+
+    Returns:
+        ``[B]`` priorities (0 for a sequence without counted steps).
+    """
+    m = mask.to(abs_td.dtype)
+    count = m.sum(dim=1).clamp_min(1.0)
+    mean = (abs_td * m).sum(dim=1) / count
+    biggest = torch.where(mask, abs_td, torch.zeros_like(abs_td)).amax(dim=1)
+    return eta * biggest + (1.0 - eta) * mean
+
+
+def double_q_bootstrap(q_online: Tensor, q_target: Tensor) -> Tensor:
+    """Double-Q bootstrap ``Q_target(s, argmax_a Q_online(s, a))``: ``[..., A]`` -> ``[...]``
+    (van Hasselt et al. 2016)."""
+    greedy = q_online.argmax(dim=-1, keepdim=True)
+    return q_target.gather(-1, greedy).squeeze(-1)
+
+
 def float_state(state: TensorDict) -> TensorDict:
     """A stored state with its floating-point leaves back in float32."""
     return state.apply(lambda t: t.float() if t.is_floating_point() else t)
@@ -116,8 +139,7 @@ class R2D2Learner:
         """
         obs, bi = batch["obs"], self.cfg.burn_in
         state = float_state(batch["state"])
-        reset = torch.zeros(obs.shape[:2], dtype=torch.bool, device=batch["first"].device)
-        reset[:, 0] = batch["first"]
+        reset = batch["reset"]
         online_state = target_state = state
         if bi > 0:
             with torch.no_grad():
@@ -132,8 +154,7 @@ class R2D2Learner:
         """The importance-weighted loss, the new priorities ``[B]`` and statistics."""
         cfg, bi = self.cfg, self.cfg.burn_in
         q_online, q_target = self.unroll(batch)
-        greedy = q_online.detach().argmax(dim=-1, keepdim=True)
-        boot = q_target.gather(-1, greedy).squeeze(-1).double()
+        boot = double_q_bootstrap(q_online.detach(), q_target).double()
         if cfg.value_rescaling:
             boot = h_inv(boot, cfg.rescale_eps)
         valid = batch["valid"][:, bi:]

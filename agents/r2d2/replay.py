@@ -5,7 +5,7 @@ the only module of the library that imports it, and only the R2D2 trainer import
 
 Priorities follow R2D2 (Kapturowski et al. 2019, Sec. 2.3): a sequence's priority is
 ``eta * max_t |td_t| + (1 - eta) * mean_t |td_t|`` over its trained steps
-(:func:`sequence_priority`); it is sampled with probability ``p ** alpha / sum p ** alpha``
+(:func:`.learning.sequence_priority`); it is sampled with probability ``p ** alpha / sum p ** alpha``
 (alpha = ``priority_exponent``, 0.9) and its loss weighted by ``(N P(i)) ** -beta``
 (beta = ``importance_exponent``, 0.6) divided by the largest weight of the batch. New
 sequences get the largest priority seen so far (Schaul et al. 2016), so each is sampled soon.
@@ -19,22 +19,7 @@ from tensordict import TensorDict
 from torch import Tensor
 from torchrl.data import LazyTensorStorage, PrioritizedSampler, TensorDictReplayBuffer
 
-
-def sequence_priority(abs_td: Tensor, mask: Tensor, eta: float) -> Tensor:
-    """R2D2's sequence priority ``eta * max|td| + (1 - eta) * mean|td|`` over masked steps.
-
-    Args:
-        abs_td: ``[B, T]`` absolute TD errors; mask: ``[B, T]`` bool, the steps that count.
-        eta: Mixing weight of the max.
-
-    Returns:
-        ``[B]`` priorities (0 for a sequence without counted steps).
-    """
-    m = mask.to(abs_td.dtype)
-    count = m.sum(dim=1).clamp_min(1.0)
-    mean = (abs_td * m).sum(dim=1) / count
-    biggest = torch.where(mask, abs_td, torch.zeros_like(abs_td)).amax(dim=1)
-    return eta * biggest + (1.0 - eta) * mean
+from .learning import sequence_priority  # noqa: F401  (re-exported)
 
 
 class SampleInsertRatio:
@@ -134,7 +119,9 @@ class SequenceReplay:
             writer = self.buffer._writer.state_dict()
             out.update(size=len(self), cursor=int(writer["_cursor"]),
                        write_count=int(writer["_write_count"]),
-                       data=self.buffer.storage._storage[:len(self)].to_dict())
+                       data=self.buffer.storage._storage[:len(self)].to_dict(),
+                       leaves=torch.as_tensor(self.buffer._sampler._sum_tree[
+                           torch.arange(len(self))], dtype=torch.float32))
         return out
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
@@ -145,5 +132,11 @@ class SequenceReplay:
         if "data" in saved:
             size = int(saved["size"])
             self.buffer.extend(TensorDict(saved["data"], batch_size=[size]))
+            # the trees' leaves, not recomputed: torch's vectorized pow rounds (p + eps) ** alpha
+            # differently depending on a value's place in the tensor it was updated with
+            leaves, index = saved["leaves"].float(), torch.arange(size)
+            sampler = self.buffer._sampler
+            sampler._sum_tree[index] = leaves
+            sampler._min_tree[index] = leaves
             self.buffer._writer.load_state_dict({"_cursor": int(saved["cursor"]),
                                                  "_write_count": int(saved["write_count"])})
