@@ -13,7 +13,7 @@ async) through ``get_attr`` / ``set_attr`` of the ``replay_state`` property.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -75,13 +75,17 @@ class EpisodeReplay(gym.Wrapper):
             self.step(action)
 
 
+_Concrete = gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv
+"""What ``make_vec_env`` builds: the ``VectorEnv`` base declares no ``get_attr`` / ``set_attr``."""
+
+
 def snapshot_envs(envs: gym.vector.VectorEnv) -> list[dict[str, Any]]:
     """``replay_state`` of every sub-env (needs :class:`EpisodeReplay` in each)."""
-    return list(envs.get_attr("replay_state"))
+    return list(cast(_Concrete, envs).get_attr("replay_state"))
 
 
 def restore_envs(envs: gym.vector.VectorEnv, snapshots: list[dict[str, Any]]) -> None:
     """Puts every sub-env back into the state its snapshot describes."""
     if len(snapshots) != envs.num_envs:
         raise ValueError(f"got {len(snapshots)} env snapshots for {envs.num_envs} envs")
-    envs.set_attr("replay_state", list(snapshots))
+    cast(_Concrete, envs).set_attr("replay_state", list(snapshots))

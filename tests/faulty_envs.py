@@ -6,6 +6,7 @@ tests name them as ``faulty_envs:<id>`` with ``tests/`` on ``PYTHONPATH``.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -85,8 +86,9 @@ class ShortFailuresEnv(gym.Env):
 def register() -> None:
     """Registers the test ids (idempotent)."""
     entry = f"{__name__}:FaultyEnv"
-    ids = {NAN_REWARD: {"fault": "nan_reward"}, NAN_OBS: {"fault": "nan_obs"},
-           WRONG_SHAPE_OBS: {"fault": "wrong_shape"}, ENDLESS: {"length": None}}
+    ids: dict[str, dict[str, Any]] = {
+        NAN_REWARD: {"fault": "nan_reward"}, NAN_OBS: {"fault": "nan_obs"},
+        WRONG_SHAPE_OBS: {"fault": "wrong_shape"}, ENDLESS: {"length": None}}
     for env_id, kwargs in ids.items():
         if env_id not in gym.registry:
             gym.register(id=env_id, entry_point=entry, kwargs=kwargs)

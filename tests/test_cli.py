@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -315,7 +316,7 @@ _USER_MODULE = textwrap.dedent('''
 
 
 @pytest.fixture()
-def user_module(tmp_path, monkeypatch) -> str:
+def user_module(tmp_path, monkeypatch) -> Iterator[str]:
     name = f"userpkg_{os.getpid()}"
     (tmp_path / f"{name}.py").write_text(_USER_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -3,6 +3,7 @@ encoders / heads, configs, logging, determinism and exact resume."""
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -20,7 +21,7 @@ from xlstm_rl.logging import MetricLogger
 from xlstm_rl.networks import ActorCritic, build_action_head, build_encoder, obs_to_torch
 from xlstm_rl.schema import EnvConfig, ModelConfig, config_from_dict, config_to_dict
 
-TINY = dict(hidden_size=16, encoder_hidden=16, num_heads=2)
+TINY: dict[str, Any] = dict(hidden_size=16, encoder_hidden=16, num_heads=2)
 
 
 def tmaze_trainer(core: str = "mlstm", seed: int = 0, shared: bool = True, **ppo) -> PPOTrainer:
@@ -107,7 +108,7 @@ class CountingPolicy:
 def scripted_rollout(truncate: bool, rollout_len: int, gamma=0.5, gae_lambda=1.0):
     envs = gym.vector.SyncVectorEnv([lambda: ScriptedEnv(3, truncate)],
                                     autoreset_mode=AutoresetMode.SAME_STEP)
-    collector = RolloutCollector(envs, CountingPolicy())
+    collector = RolloutCollector(envs, cast(ActorCritic, CountingPolicy()))  # a stub network
     collector.reset(seed=0)
     buffer, stats = collector.collect(rollout_len, rollout_len)
     buffer.compute_advantages(gamma, gae_lambda)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -43,10 +43,11 @@ def _outcomes(seed: int, episodes: int) -> list[bool]:
     """Success flags of one ShortFailures sub-env's first episodes, run on its own."""
     env = gym.make(faulty_envs.SHORT_FAILURES)
     env.reset(seed=seed)
-    flags = [env.unwrapped.succeeds]
+    inner = cast(faulty_envs.ShortFailuresEnv, env.unwrapped)
+    flags = [inner.succeeds]
     while len(flags) < episodes:
         env.reset()
-        flags.append(env.unwrapped.succeeds)
+        flags.append(inner.succeeds)
     return flags
 
 
@@ -118,7 +119,7 @@ class ToyNetwork(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.weight: torch.Tensor = torch.nn.Parameter(torch.zeros(1))
 
     def initial_state(self, n: int, device: Any = None) -> TensorDict:
         return TensorDict({}, batch_size=[n])

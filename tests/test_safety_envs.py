@@ -8,8 +8,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+from typing import cast
 
 import pytest
+from gymnasium.vector import AsyncVectorEnv
 
 from xlstm_rl.envs import make_env, make_vec_env, resolve_env_id
 from xlstm_rl.envs.make import worker_start_method
@@ -44,7 +46,7 @@ def test_async_workers_use_an_explicit_start_method() -> None:
     try:
         envs = make_vec_env("CartPole-v1", 1, vectorization="async")
         try:
-            kind = type(envs.processes[0]).__name__
+            kind = type(cast(AsyncVectorEnv, envs).processes[0]).__name__
         finally:
             envs.close()
     finally:

@@ -2,11 +2,13 @@
 and an unwritable ``--json`` file fails before the evaluation (item 8)."""
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -70,7 +72,9 @@ def test_eval_with_env_uses_no_wrapper_of_the_file(good, tmp_path, capsys) -> No
 
 
 def test_trust_flag_is_documented_as_running_the_files_code() -> None:
-    eval_parser = build_parser()._subparsers._group_actions[0].choices["eval"]
+    group = cast(argparse._ArgumentGroup, build_parser()._subparsers)  # set: it has subcommands
+    commands = cast("argparse._SubParsersAction[argparse.ArgumentParser]", group._group_actions[0])
+    eval_parser = commands.choices["eval"]
     help_text = eval_parser.format_help()
     assert "--trust-checkpoint" in help_text and "trust" in help_text
     assert "runs code" in " ".join(help_text.split())

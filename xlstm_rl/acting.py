@@ -160,9 +160,9 @@ class EnvStepper:
         reward = np.asarray(reward, dtype=np.float64)
         bad = ~np.isfinite(reward)
         if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise EnvFault(f"{self._where()}: sub-env {i} returned a non-finite reward "
-                           f"({reward[i]}); the environment is at fault")
+            first = int(np.flatnonzero(bad)[0])
+            raise EnvFault(f"{self._where()}: sub-env {first} returned a non-finite reward "
+                           f"({reward[first]}); the environment is at fault")
         check_observation(self.space, obs, self._where())
         terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
         ended = terminated | truncated

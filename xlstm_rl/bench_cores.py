@@ -6,6 +6,7 @@ machine where absolute times drift.
 """
 from __future__ import annotations
 
+import functools
 import json
 import platform
 from collections.abc import Callable
@@ -38,7 +39,7 @@ def bench_sequences(device: torch.device, S: int = 1024) -> dict:
     wx = torch.randn(2, S, 4, 4, 32, device=device, requires_grad=True)
     r_weight = (0.1 * torch.randn(4, 4, 32, 32, device=device)).requires_grad_()
     bias = torch.zeros(4, 4, 32, device=device, requires_grad=True)
-    fns = {
+    fns: dict[str, Callable[[], object]] = {
         "mlstm_chunkwise": _fwd_bwd(lambda: mlstm_chunkwise(q, k, v, i, f, chunk_size=64)[0]),
         "torch_lstm": _fwd_bwd(lambda: lstm(x)[0]),
         "slstm_sequence": _fwd_bwd(lambda: slstm_sequence(wx, r_weight, bias)[0]),
@@ -66,12 +67,13 @@ def bench_steps(device: torch.device, envs: int = 16, width: int = 128) -> dict:
     cell = torch.nn.LSTMCell(width, width).to(device)
     x = torch.randn(envs, width, device=device)
     hc = (torch.zeros(envs, width, device=device), torch.zeros(envs, width, device=device))
-    fns = {"mlstm_step": lambda: mlstm_step(q, k, v, i, f, state), "torch_lstm_cell":
-           lambda: cell(x, hc)}
+    fns: dict[str, Callable[[], object]] = {
+        "mlstm_step": lambda: mlstm_step(q, k, v, i, f, state),
+        "torch_lstm_cell": lambda: cell(x, hc)}
     cores = {name: make_core(name, width, hidden_size=width).to(device) for name in CORE_NAMES}
     states = {name: c.initial_state(envs, device) for name, c in cores.items()}
     for name, core in cores.items():
-        fns[f"core_{name}"] = (lambda c=core, s=states[name]: c.step(x, s))
+        fns[f"core_{name}"] = functools.partial(core.step, x, states[name])
     with torch.no_grad():
         t = time_side_by_side(fns, device, repeats=50, warmup=5)
     return {

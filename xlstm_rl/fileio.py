@@ -73,7 +73,7 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
         The files removed.
     """
     folder = Path(folder)
-    removed = []
+    removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for entry in folder.iterdir():

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -39,6 +39,16 @@ from xlstm_rl.typed import ConfigError
 
 __all__ = ["Policy", "build_checked_network", "check_weights", "load_policy",
            "policy_from_checkpoint"]
+
+
+class _ActingNetwork(Protocol):
+    """What :class:`Policy` calls on its network (``ActorCritic``, the R2D2 Q-network)."""
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None
+                      ) -> TensorDict: ...
+
+    def act_env(self, obs: Any, state: TensorDict, reset: torch.Tensor | None,
+                deterministic: bool = True) -> tuple[Any, TensorDict]: ...
 
 
 class Policy:
@@ -76,7 +86,7 @@ class Policy:
 
     def initial_state(self, n: int = 1) -> TensorDict:
         """Zero recurrent state for ``n`` envs (TensorDict, batch ``[n]``)."""
-        return self.network.initial_state(int(n), self.device)
+        return cast(_ActingNetwork, self.network).initial_state(int(n), self.device)
 
     def _obs(self, obs: Any) -> Any:
         from xlstm_rl.networks import obs_to_torch
@@ -109,7 +119,8 @@ class Policy:
         state = self.initial_state(n) if state is None else state
         flags = torch.zeros(n, dtype=torch.bool, device=self.device) if reset is None else (
             torch.as_tensor(np.asarray(reset, dtype=bool).reshape(n), device=self.device))
-        return self.network.act_env(x, state, flags, deterministic=deterministic)
+        network = cast(_ActingNetwork, self.network)
+        return network.act_env(x, state, flags, deterministic=deterministic)
 
     def __repr__(self) -> str:
         return (f"Policy(core={self.config.model.core!r}, env={self.config.env.id!r}, "

@@ -24,7 +24,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from xlstm_rl.checkpoint import Checkpoint, CheckpointError, save_checkpoint
 from xlstm_rl.config import RunConfig
@@ -327,7 +327,8 @@ class RunLoop:
                 self.save("latest")
                 return None
         self.save("latest")
-        summary = {"global_step": self.trainer.global_step, **self.last_eval,
+        last_eval = cast("dict[str, float]", self.last_eval)  # set by evaluate()
+        summary = {"global_step": self.trainer.global_step, **last_eval,
                    "best_return": self.run_state.best_return,
                    "deterministic": self.config.train.eval_deterministic}
         text = json.dumps({k: _json_number(v) for k, v in summary.items()}, indent=2,

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from xlstm_rl.cores.config import CORE_NAMES, CoreConfig
 from xlstm_rl.suggest import did_you_mean
 from xlstm_rl.typed import MAX_SIZE, check_range
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 C = TypeVar("C")
 
@@ -53,7 +56,7 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 def config_from_dict(cls: type[C], data: dict[str, Any] | None) -> C:
     """Builds ``cls(**data)``; an unknown key raises a one-line ValueError with a close match."""
     data = dict(data or {})
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cast("type[DataclassInstance]", cls))]
     unknown = sorted(set(data) - set(names))
     if unknown:
         hint = did_you_mean(unknown[0], names, n=1)

@@ -13,7 +13,7 @@ import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any, Union, cast
 
 from xlstm_rl.errors import ConfigError
 from xlstm_rl.suggest import close_matches, format_suggestions
@@ -91,7 +91,7 @@ def all_keys(cls: type, prefix: str = "") -> list[str]:
         key = f"{prefix}{name}"
         keys.append(key)
         if dataclasses.is_dataclass(tp):
-            keys.extend(all_keys(tp, key + "."))
+            keys.extend(all_keys(cast(type, tp), key + "."))
     return keys
 
 
@@ -194,9 +194,10 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Any or tp is object:
         return value
     if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
+        cls = cast(type, tp)  # a type hint: the dataclass itself
+        if isinstance(value, cls):
             return value
-        return from_data(tp, value, prefix=key + ".")
+        return from_data(cls, value, prefix=key + ".")
     origin = typing.get_origin(tp)
     if origin is Union or origin is types.UnionType:
         return _coerce_union(value, tp, key)
@@ -286,12 +287,13 @@ def set_path(data: dict, cls: type, key: str, value: Any) -> None:
     Raises:
         ConfigError: If the key names no field.
     """
+    tp: Any  # a type hint
     parts, node, tp = key.split("."), data, cls
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
         tp = _unwrap_optional(tp)
         if tp is not None and dataclasses.is_dataclass(tp):
-            types_ = field_types(tp)
+            types_ = field_types(cast(type, tp))
             if part not in types_:
                 raise unknown_key_error(key, all_keys(cls))
             tp = types_[part]

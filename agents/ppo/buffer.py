@@ -15,12 +15,16 @@ Minibatches are whole chunks, batch-first: ``[B, L, ...]`` with start states ``[
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, cast
 
 import torch
 from tensordict import TensorDict
 from torch import Tensor
 
 from .loss import compute_gae
+
+if TYPE_CHECKING:
+    from xlstm_rl.networks import ActorCritic
 
 
 class RolloutBuffer:
@@ -94,5 +98,6 @@ class RolloutBuffer:
         at the start of the rollout (``policy.chunk_start_states``)."""
         full = self.data.permute(1, 0).contiguous()                      # [N, T]
         start = self.states[0]                                           # [N]
-        new = policy.chunk_start_states(full["obs"], start, full["reset"], self.seq_len)
+        new = cast("ActorCritic", policy).chunk_start_states(full["obs"], start, full["reset"],
+                                                             self.seq_len)
         self.states = new.permute(1, 0).contiguous()                     # [C, N]

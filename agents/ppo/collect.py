@@ -12,7 +12,7 @@ the first observation of its next episode; the ended episode's last observation 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -91,8 +91,9 @@ class RolloutCollector:
         if not final_obs:
             return out
         idx = sorted(final_obs)
+        empty = create_empty_array(self.space, n=len(idx))  # None only for array-less spaces
         batch = concatenate(self.space, [final_obs[i] for i in idx],
-                            create_empty_array(self.space, n=len(idx)))
+                            cast("tuple[Any, ...] | dict[str, Any] | np.ndarray", empty))
         rows = torch.as_tensor(idx, device=self.device)
         out[rows] = self.policy.value(self._prepare(batch, update=False), state[rows], None)
         return out

@@ -52,8 +52,8 @@ def _headline(report: Any, prefix: str = "", depth: int = 0) -> list[tuple[int, 
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             found.extend(_headline(value, name + ".", depth + 1))
-        elif isinstance(value, float) and _rank(str(key)) is not None:
-            found.append((_rank(str(key)), f"{name}={value:.4g}"))
+        elif isinstance(value, float) and (rank := _rank(str(key))) is not None:
+            found.append((rank, f"{name}={value:.4g}"))
     return found
 
 

@@ -41,7 +41,7 @@ def read_scalars(run: str | Path, tag: str | None) -> tuple[str, list[int], list
     acc.Reload()
     tags = acc.Tags().get("scalars", [])
     chosen = tag if tag is not None else next((t for t in DEFAULT_TAGS if t in tags), None)
-    if chosen not in tags:
+    if chosen is None or chosen not in tags:
         close = close_matches(tag or DEFAULT_TAGS[0], tags, cutoff=0.4)
         hint = format_suggestions(close) if close else (
             f"; tags: {', '.join(sorted(tags)[:8])}" if tags else "; it has no scalars")

@@ -10,7 +10,7 @@ to features ``[*lead, output_size]``.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from xlstm_rl.schema import ModelConfig
 
-Obs = Tensor | TensorDict
+Obs: TypeAlias = Tensor | TensorDict
 
 
 def unsupported(space: spaces.Space, what: str = "observation") -> ValueError:
@@ -47,8 +47,10 @@ def obs_to_torch(obs: Any, space: spaces.Space, device: torch.device | str = "cp
         for images), or a TensorDict with batch ``[B]`` for composite spaces.
     """
     if isinstance(space, (spaces.Dict, spaces.Tuple)):
-        keys = list(space.spaces) if isinstance(space, spaces.Dict) else range(len(space.spaces))
-        parts = {str(k): obs_to_torch(obs[k], space[k], device) for k in keys}
+        subspaces: list[tuple[str | int, spaces.Space]] = (
+            list(space.spaces.items()) if isinstance(space, spaces.Dict)
+            else list(enumerate(space.spaces)))
+        parts = {str(k): obs_to_torch(obs[k], s, device) for k, s in subspaces}
         batch = next(iter(parts.values())).shape[:1] if parts else []
         return TensorDict(parts, batch_size=batch, device=device)
     arr = np.asarray(obs)
@@ -111,6 +113,8 @@ class OneHotEncoder(nn.Module):
         ndim: trailing dims of one observation (0 for Discrete, ``len(nvec.shape)`` else).
     """
 
+    start: Tensor
+
     def __init__(self, nvec: np.ndarray, start: np.ndarray, ndim: int) -> None:
         super().__init__()
         self.ndim, self.nvec = ndim, [int(n) for n in np.ravel(nvec)]
@@ -133,7 +137,7 @@ class CompositeEncoder(nn.Module):
         super().__init__()
         self.keys = list(parts)
         self.parts = nn.ModuleDict(parts)
-        self.output_size = sum(m.output_size for m in parts.values())
+        self.output_size = sum(cast(int, m.output_size) for m in parts.values())
 
     def forward(self, obs: TensorDict) -> Tensor:
         """``obs`` TensorDict with batch ``[*lead]`` -> ``[*lead, output_size]``."""
@@ -152,7 +156,8 @@ def build_encoder(space: spaces.Space, cfg: ModelConfig) -> nn.Module:
         return CompositeEncoder({str(j): build_encoder(s, cfg) for j, s in enumerate(space)})
     if is_image(space):
         scale = 1.0 / 255.0 if space.dtype == np.uint8 else 1.0
-        return CNNEncoder(space.shape, tuple(cfg.cnn_channels), cfg.encoder_hidden, scale)
+        shape = cast(tuple[int, int, int], space.shape)  # is_image: a 3-D Box
+        return CNNEncoder(shape, tuple(cfg.cnn_channels), cfg.encoder_hidden, scale)
     if isinstance(space, (spaces.Box, spaces.MultiBinary)):
         return MLPEncoder(tuple(space.shape), cfg.encoder_hidden, cfg.encoder_layers)
     if isinstance(space, spaces.Discrete):

@@ -9,6 +9,7 @@ Discrete values are shifted to start at 0, Box actions are the *unclipped* Gauss
 from __future__ import annotations
 
 import math
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
@@ -32,21 +33,24 @@ def _categorical(dist: Categorical, generator: torch.Generator | None) -> Tensor
     return torch.multinomial(probs, 1, generator=generator).reshape(dist.probs.shape[:-1])
 
 
-class ActionHead(nn.Module):
-    """Base class; subclasses define ``forward(features) -> Distribution`` and the rest."""
+D = TypeVar("D", bound=Distribution)
+
+
+class ActionHead(nn.Module, Generic[D]):
+    """Base class; subclasses define ``forward(features) -> D`` (a Distribution) and the rest."""
 
     action_shape: tuple[int, ...]
     action_dtype: torch.dtype
 
-    def log_prob(self, dist: Distribution, action: Tensor) -> Tensor:
+    def log_prob(self, dist: D, action: Tensor) -> Tensor:
         """Log-probability ``[*lead]`` of internal actions ``[*lead, *action_shape]``."""
         raise NotImplementedError
 
-    def entropy(self, dist: Distribution) -> Tensor:
+    def entropy(self, dist: D) -> Tensor:
         """Entropy ``[*lead]``."""
         raise NotImplementedError
 
-    def sample(self, dist: Distribution, deterministic: bool = False,
+    def sample(self, dist: D, deterministic: bool = False,
                generator: torch.Generator | None = None) -> Tensor:
         """An internal action ``[*lead, *action_shape]``: the mode if ``deterministic``, else a
         sample drawn with ``generator`` (the global RNG when None)."""
@@ -57,7 +61,7 @@ class ActionHead(nn.Module):
         raise NotImplementedError
 
 
-class CategoricalHead(ActionHead):
+class CategoricalHead(ActionHead[Categorical]):
     """``Discrete(n, start)``: a categorical over ``n`` logits; actions int64 ``[*lead]``."""
 
     def __init__(self, in_size: int, space: spaces.Discrete) -> None:
@@ -83,8 +87,10 @@ class CategoricalHead(ActionHead):
         return action.detach().cpu().numpy() + self.start
 
 
-class MultiCategoricalHead(ActionHead):
+class MultiCategoricalHead(ActionHead["_MultiCategorical"]):
     """1-D ``MultiDiscrete(nvec, start)``: independent categoricals; actions ``[*lead, K]``."""
+
+    start: Tensor
 
     def __init__(self, in_size: int, space: spaces.MultiDiscrete) -> None:
         super().__init__()
@@ -124,7 +130,7 @@ class _MultiCategorical(Distribution):
         super().__init__(parts[0].batch_shape, validate_args=False)
 
 
-class GaussianHead(ActionHead):
+class GaussianHead(ActionHead[Normal]):
     """``Box``: diagonal Gaussian, mean from the features, state-independent log-std.
 
     Actions are sampled unclipped (their log-prob is exact); ``to_env`` clips to the bounds.
