@@ -119,7 +119,7 @@ def test_ape_x_epsilons():
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    ({"period": 200}, "period (200) must not exceed"),
+    ({"period": 81}, "period (81) must not exceed trace_len (80)"),
     ({"lr": float("nan")}, "lr must be"),
     ({"batch_size": 0}, "batch_size must be"),
     ({"state_dtype": "float16"}, "state_dtype must be one of float32, bfloat16"),

@@ -20,8 +20,8 @@ class R2D2Config:
     """Recurrent Replay Distributed DQN (Kapturowski et al., ICLR 2019), on one process.
 
     One iteration steps every env ``collect_steps`` times (epsilon-greedy, Ape-X epsilons),
-    cuts the streams into sequences of ``burn_in + trace_len`` transitions that start every
-    ``period`` steps, inserts them into prioritized replay, then runs learner updates until
+    cuts the streams into sequences of ``burn_in + trace_len`` transitions whose traces start
+    every ``period`` steps, inserts them into prioritized replay, then runs learner updates until
     ``samples_per_insert`` sequences have been sampled per inserted sequence. Defaults are the
     paper's (Table 2), except the replay capacity, which is sized to stay under 2 GiB of RAM
     with the mLSTM's matrix-memory states (see ``bytes_per_sequence`` in ``replay``).
@@ -33,8 +33,8 @@ class R2D2Config:
     trace_len: int = 80
     """Steps of each sequence after the burn-in that the loss is taken on."""
     period: int = 40
-    """Stride between the first steps of consecutive sequences of one episode (Acme's
-    ``replay_period``): sequences overlap by ``burn_in + trace_len - period`` steps."""
+    """Stride between the trace starts of consecutive sequences of one episode (Acme's
+    ``replay_period``); at most ``trace_len``, so that every step is trained."""
     n_step: int = 5
     """Steps of the n-step double-Q target (fewer at the end of a sequence or an episode)."""
     gamma: float = 0.997
@@ -107,9 +107,9 @@ class R2D2Config:
         check_range("eps_alpha", self.eps_alpha, 0, 1000)
         if self.max_grad_norm is not None:
             check_range("max_grad_norm", self.max_grad_norm, 0, 1e9, low_open=True)
-        if self.period > self.sequence_len:
-            raise ValueError(f"period ({self.period}) must not exceed burn_in + trace_len "
-                             f"({self.sequence_len}): steps between sequences would be lost")
+        if self.period > self.trace_len:
+            raise ValueError(f"period ({self.period}) must not exceed trace_len "
+                             f"({self.trace_len}): steps between traces would never be trained")
         if self.min_replay > self.replay_capacity:
             raise ValueError(f"min_replay ({self.min_replay}) must not exceed replay_capacity "
                              f"({self.replay_capacity})")

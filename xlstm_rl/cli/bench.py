@@ -14,6 +14,7 @@ _BENCHES: dict[str, tuple[str, str]] = {
     "cores": ("xlstm_rl.bench_cores", "bench_cores"),
     "kernels": ("xlstm_rl.kernels.bench", "bench_kernels"),
     "ppo": ("xlstm_rl.agents.ppo.bench", "bench_ppo"),
+    "r2d2": ("xlstm_rl.agents.r2d2.bench", "bench_r2d2"),
 }
 
 
