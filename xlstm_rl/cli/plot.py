@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 from xlstm_rl.cli.errors import UserError
@@ -51,41 +50,20 @@ def read_scalars(run: str | Path, tag: str | None) -> tuple[str, list[int], list
     return chosen, steps, [by_step[s] for s in steps]
 
 
-def _smooth(values: list[float], weight: float) -> list[float]:
-    out, last = [], None
-    for v in values:
-        last = v if last is None else weight * last + (1.0 - weight) * v
-        out.append(last)
-    return out
-
-
 def run_plot(args: argparse.Namespace) -> int:
     """Runs ``xlstm-rl plot``; see :func:`xlstm_rl.cli.build_parser`.
 
     Returns:
         0 on success.
     """
+    from xlstm_rl.plotting import plot_lines, pyplot, smooth
+
     if not 0.0 <= args.smooth < 1.0:
         raise UserError(f"--smooth must lie in [0, 1), got {args.smooth}")
     series = [(Path(run), *read_scalars(run, args.tag)) for run in args.runs]
-    if importlib.util.find_spec("matplotlib") is None:
-        raise UserError("plot needs matplotlib: pip install 'xlstm-rl[plot]'")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run, _, steps, values in series:
-        ax.plot(steps, _smooth(values, args.smooth), label=run.name or str(run))
-    ax.set_xlabel("env steps")
-    ax.set_ylabel(series[0][1])
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    pyplot()  # a missing matplotlib is one line, before anything is drawn
+    lines = [(run.name or str(run), steps, smooth(values, args.smooth))
+             for run, _, steps, values in series]
+    out = plot_lines(lines, xlabel="env steps", ylabel=series[0][1], out=args.out)
     print(f"plotted {series[0][1]!r} of {len(series)} run(s): {out}")
     return 0
