@@ -1,4 +1,4 @@
-"""The ``xlstm-rl`` command line: ``train``, ``eval``, ``plot`` and ``bench``.
+"""The ``xlstm-rl`` command line: ``train``, ``eval``, ``plot``, ``bench`` and ``compare``.
 
 Every user error (bad arguments, config key or value, environment id, checkpoint, run
 directory) prints one line ``error: ...`` on stderr and exits with code 2. Commands import
@@ -102,6 +102,40 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                    help="torch device (default: cuda when available, else cpu)")
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    from xlstm_rl.compare.presets import PRESETS
+
+    p = sub.add_parser("compare", help="memory benchmark: cores x algorithms x tasks x memory "
+                       "lengths x seeds, with a report",
+                       description="Train every cell of a matrix (cores x algorithms x tasks "
+                       "x memory lengths x seeds) as parallel processes and write result rows, "
+                       "report.md and PNG figures to OUT. Rerunning the same command resumes: "
+                       "finished cells are kept. Presets: " + "; ".join(
+                           f"{p.name}: {p.description}" for p in PRESETS.values()),
+                       epilog="Exit codes: 0 all cells completed; 1 some cells failed (see "
+                       "the report); 2 user error; 130 interrupted (rerun to resume).")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="quick",
+                   help="the matrix to run (default quick)")
+    p.add_argument("--cores", nargs="+", metavar="CORE", help="only these cores")
+    p.add_argument("--tasks", nargs="+", metavar="TASK",
+                   help="only these tasks (tmaze, recall, cartpole-pos)")
+    p.add_argument("--algos", nargs="+", metavar="ALGO", help="only these algorithms "
+                   "(default: the preset's, else every registered one with configs)")
+    p.add_argument("--lengths", nargs="+", type=int, metavar="L",
+                   help="memory lengths for every task (default: the preset's)")
+    p.add_argument("--seeds", type=int, metavar="N", help="seeds per cell (0 .. N-1)")
+    p.add_argument("--steps", type=int, metavar="N", help="env steps per cell")
+    p.add_argument("--jobs", type=int, metavar="N", help="cells run at once (default: the "
+                   "preset's); each uses one torch thread")
+    p.add_argument("--out", metavar="DIR", help="output directory (default compare-<preset>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every cell, applied last (repeatable)")
+    p.add_argument("--list", action="store_true", help="print the cells and exit")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the report from the rows in OUT without running anything")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``xlstm-rl``."""
     parser = _Parser(prog="xlstm-rl", description="Reinforcement learning with xLSTM memory.")
@@ -111,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_plot(sub)
     _add_bench(sub)
+    _add_compare(sub)
     sub.add_parser("configs", help="list the packaged configs")
     return parser
 
@@ -128,6 +163,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "bench":
         from xlstm_rl.cli.bench import run_bench
         return run_bench(args)
+    if args.command == "compare":
+        from xlstm_rl.cli.compare import run_compare
+        return run_compare(args)
     from xlstm_rl.config import DEFAULT_CONFIG, packaged_configs
     for name in packaged_configs():
         print(name + ("  (default)" if name == DEFAULT_CONFIG else ""))
