@@ -28,6 +28,7 @@ from typing import Any, cast
 
 from xlstm_rl.checkpoint import Checkpoint, CheckpointError, save_checkpoint
 from xlstm_rl.config import RunConfig
+from xlstm_rl.distributed import DistContext
 from xlstm_rl.errors import StopRequested, TrainingFault
 from xlstm_rl.fileio import atomic_write_text, remove_stale_temp_files
 from xlstm_rl.rundir import CHECKPOINT_DIR, EVAL_FILE, METRICS_FILE, TB_DIR, checkpoint_path
@@ -128,30 +129,36 @@ class RunLoop:
         run_state: The :class:`RunState` of a resumed run (its trainer already restored with
             :func:`restore_trainer`); None for a fresh run.
         show_bar: Show a tqdm progress bar (only on a terminal).
+        dist: The process group of a data-parallel run: every rank runs the loop in lockstep
+            (the trainer's collectives happen at the same points), rank 0 alone evaluates,
+            logs and writes files; stops are agreed on at iteration boundaries.
     """
 
     def __init__(self, trainer: Trainer, config: RunConfig, run_dir: Path,
                  spaces: dict[str, Any], run_state: RunState | None = None,
-                 show_bar: bool = True) -> None:
+                 show_bar: bool = True, dist: DistContext | None = None) -> None:
         from xlstm_rl.logging import MetricLogger
 
+        self.dist = dist or DistContext()
+        main = self.dist.is_main
         self.trainer, self.config, self.run_dir, self.spaces = trainer, config, run_dir, spaces
         self.run_state = RunState() if run_state is None else run_state
         target = config.train.target_return  # judged by this run's config, not the saved one
         self._update_state(reached_target=target is not None
                            and self.run_state.best_return >= target)
         purge = None
-        if run_state is not None:
+        if run_state is not None and main:
             self._drop_metrics_after(trainer.global_step)
             purge = trainer.global_step + 1
-        for folder in (run_dir, run_dir / CHECKPOINT_DIR):
-            remove_stale_temp_files(folder)
-        self.logger = MetricLogger(run_dir / TB_DIR, purge_step=purge)
+        if main:
+            for folder in (run_dir, run_dir / CHECKPOINT_DIR):
+                remove_stale_temp_files(folder)
+        self.logger = MetricLogger(run_dir / TB_DIR if main else None, purge_step=purge)
         trainer.logger = self.logger
-        self.show_bar, self.bar = show_bar, None
+        self.show_bar, self.bar = show_bar and main, None
         self.last_eval: dict[str, float] | None = None
         self.stop: Any = None
-        self._saved_before_iteration: dict[str, Any] | None = None
+        self._state: dict[str, Any] | None = None  # the trainer's state after the last iteration
 
     def _drop_metrics_after(self, step: int) -> None:
         """After a hard kill, rows past the checkpoint are redone: drop them (atomically)."""
@@ -191,28 +198,37 @@ class RunLoop:
 
         return time.monotonic() - getattr(self.stop, "received_at", 0.0) >= STOP_GRACE_SECONDS
 
-    def save(self, which: str, state: dict[str, Any] | None = None) -> Path:
-        """Writes ``checkpoints/<which>.safetensors`` (the current state, or ``state``).
+    def capture(self) -> None:
+        """Takes the trainer's state (on every rank: it may gather from all of them)."""
+        self._state = self.trainer.state_dict()
+
+    def write(self, which: str) -> Path | None:
+        """Writes ``checkpoints/<which>.safetensors`` from the captured state and the current
+        run progress (rank 0; other ranks write nothing).
 
         Raises:
             TrainingFault: If the state holds a non-finite value (nothing is written).
         """
         from xlstm_rl.checkpoint import NonFiniteCheckpointError
 
-        extra = {"global_step": self.trainer.global_step, "iteration": self.trainer.iteration,
+        if not self.dist.is_main or self._state is None:
+            return None
+        counters = self._state["trainer"].get("counters", {})
+        extra = {"global_step": int(counters.get("global_step", self.trainer.global_step)),
+                 "iteration": int(counters.get("iteration", self.trainer.iteration)),
                  "evaluation": self.last_eval}
-        if state is None:
-            state = checkpoint_state(self.trainer, self.run_state)
-        else:
-            counters = state["trainer"].get("counters", {})
-            extra.update(global_step=int(counters.get("global_step", 0)),
-                         iteration=int(counters.get("iteration", 0)))
+        state = {**self._state, "run": dataclasses.asdict(self.run_state)}
         try:
             return save_checkpoint(checkpoint_path(self.run_dir, which), state,
                                    config=self.config.to_dict(), spaces=self.spaces, extra=extra)
         except NonFiniteCheckpointError as exc:
-            raise TrainingFault(f"training stopped at step {self.trainer.global_step}: {exc}; "
+            raise TrainingFault(f"training stopped at step {extra['global_step']}: {exc}; "
                                 f"checkpoints/{which}.safetensors was left as it was") from exc
+
+    def save(self, which: str) -> Path | None:
+        """:meth:`capture` then :meth:`write` (call it on every rank)."""
+        self.capture()
+        return self.write(which)
 
     def evaluate(self) -> dict[str, float]:
         """Evaluates the current policy, logs it, and updates ``best.safetensors``.
@@ -245,7 +261,7 @@ class RunLoop:
         self.logger.log(tags, step)
         if result["mean_return"] > self.run_state.best_return:
             self._update_state(best_return=result["mean_return"])
-            self.save("best")
+            self.write("best")
         if train.target_return is not None and result["mean_return"] >= train.target_return:
             self._update_state(reached_target=True)
         return tags
@@ -267,10 +283,28 @@ class RunLoop:
             post["eval"] = f"{evaluation['eval/return_mean']:.3g}"
         self.bar.set_postfix(post, refresh=False)
 
-    def _interrupted(self) -> int:
-        """Writes the state saved before the interrupted iteration; returns the exit code."""
-        self.save("latest", self._saved_before_iteration)
-        return INTERRUPT_EXIT.get(int(self.stop.signum), 130)
+    def _stop_now(self) -> bool:
+        """A stop signal reached this rank, or any rank (agreed on by every rank)."""
+        return self.dist.any(self._stop_requested())
+
+    def _exit_code(self) -> int:
+        signum = getattr(self.stop, "signum", None)
+        return INTERRUPT_EXIT.get(int(signum), 130) if signum is not None else 130
+
+    def _evaluate_if_due(self) -> dict[str, float]:
+        """Rank 0 evaluates when due; every rank learns whether the target was reached."""
+        train = self.config.train
+        evaluation: dict[str, float] = {}
+        if not _due(self.trainer.global_step, self.run_state.last_eval_step, train.eval_every):
+            return evaluation
+        if self.dist.is_main:
+            try:
+                evaluation = self.evaluate()
+            except StopRequested:
+                pass  # the iteration itself is complete: it is checkpointed below
+        self._update_state(last_eval_step=self.trainer.global_step,
+                           reached_target=self.dist.any(self.run_state.reached_target))
+        return evaluation
 
     def run(self, stop: Any) -> int:
         """Trains until ``total_steps`` (or the target return, or a stop signal).
@@ -288,45 +322,50 @@ class RunLoop:
         train, trainer = self.config.train, self.trainer
         self.stop = stop
         trainer.total_steps = train.total_steps
+        if self._state is None:
+            self.capture()
+        # one process stops mid-iteration; ranks stop together at iteration boundaries
+        inner_stop = None if self.dist.enabled else self._cut_work_in_progress
         while trainer.global_step < train.total_steps and not self.run_state.reached_target:
-            self._saved_before_iteration = checkpoint_state(trainer, self.run_state)
-            if self._stop_requested():
-                return self._interrupted()
+            if self._stop_now():
+                self.write("latest")  # the state from before this iteration
+                return self._exit_code()
             try:
-                metrics = trainer.train_iteration(self._cut_work_in_progress)
+                metrics = trainer.train_iteration(inner_stop)
             except StopRequested:
-                return self._interrupted()
-            self._saved_before_iteration = None
-            evaluation = {}
-            if _due(trainer.global_step, self.run_state.last_eval_step, train.eval_every):
-                try:
-                    evaluation = self.evaluate()
-                except StopRequested:
-                    pass  # the iteration itself is complete: checkpoint it below
-            self._record(metrics, evaluation)
-            if self._stop_requested():
-                self.save("latest")
-                return INTERRUPT_EXIT.get(int(stop.signum), 130)
+                self.write("latest")
+                return self._exit_code()
+            self.capture()
+            evaluation = self._evaluate_if_due()
+            if self.dist.is_main:
+                self._record(metrics, evaluation)
+            if self._stop_now():
+                self.write("latest")
+                return self._exit_code()
             if _due(trainer.global_step, self.run_state.last_checkpoint_step,
                     train.checkpoint_every):
                 self._update_state(last_checkpoint_step=trainer.global_step)
-                self.save("latest")
+                self.write("latest")
         return 0
 
     def finish(self) -> dict[str, float] | None:
         """Final evaluation (unless one just ran), checkpoints and ``eval.json``.
 
         Returns:
-            The summary, or None when a stop signal interrupted the final evaluation (the
-            trained state is still written as ``latest``).
+            The summary (``{}`` on ranks other than 0), or None when a stop signal interrupted
+            the final evaluation (the trained state is still written as ``latest``).
         """
+        if self._state is None:
+            self.capture()
+        if not self.dist.is_main:
+            return {}
         if self.last_eval is None or self.run_state.last_eval_step != self.trainer.global_step:
             try:
                 self.evaluate()
             except StopRequested:
-                self.save("latest")
+                self.write("latest")
                 return None
-        self.save("latest")
+        self.write("latest")
         last_eval = cast("dict[str, float]", self.last_eval)  # set by evaluate()
         summary = {"global_step": self.trainer.global_step, **last_eval,
                    "best_return": self.run_state.best_return,

@@ -24,6 +24,7 @@ from torch import Tensor
 from xlstm_rl.acting import EnvStepper, EpisodeStats
 from xlstm_rl.errors import StopRequested
 from xlstm_rl.networks import ActorCritic, obs_to_torch
+from xlstm_rl.networks.actor_critic import Sampler
 from xlstm_rl.obs_norm import ObsNormalizer
 from xlstm_rl.trainer import StopCheck
 
@@ -55,6 +56,7 @@ class RolloutCollector:
                  env_id: str = "env") -> None:
         self.envs, self.policy, self.normalizer = envs, policy, normalizer
         self.generator = generator
+        self.sampler: Sampler | None = None  # data-parallel runs sample the global batch
         self.reward_scale, self.device = float(reward_scale), torch.device(device)
         self.stepper = EnvStepper(envs, env_id)
         self.space = envs.single_observation_space
@@ -105,8 +107,9 @@ class RolloutCollector:
         Ended episodes are added to ``stats`` (or kept in the stepper when None).
         """
         obs, reset = self.obs, self.reset_flags
+        extra = {} if self.sampler is None else {"sampler": self.sampler}
         action, log_prob, value, new_state = self.policy.act(obs, self.state, reset,
-                                                             generator=self.generator)
+                                                             generator=self.generator, **extra)
         result = self.stepper.step(self.policy.actor.to_env(action))
         final_value = self._final_values(result.final_obs, new_state)
         if stats is not None:

@@ -24,6 +24,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
+from xlstm_rl.distributed import DistContext
 from xlstm_rl.envs import make_vec_env
 from xlstm_rl.envs.episode_log import EpisodeReplay, restore_envs, snapshot_envs
 from xlstm_rl.evaluation import DEFAULT_MAX_EPISODE_STEPS, evaluate_policy
@@ -37,9 +38,15 @@ from xlstm_rl.trainer import StopCheck
 from .buffer import RolloutBuffer
 from .collect import RolloutCollector
 from .config import PPOConfig
-from .loss import explained_variance, normalize, ppo_loss
-from .state import (env_snapshot_from_state, env_snapshot_to_state, optimizer_from_state,
-                    optimizer_to_state, rng_from_state, rng_to_state)
+from .data_parallel import DataParallel, GlobalObsNormalizer
+from .loss import explained_variance, ppo_loss
+from .state import (collector_from_state, collector_to_state, env_snapshot_from_state,
+                    env_snapshot_to_state, optimizer_from_state, optimizer_to_state,
+                    rng_from_state, rng_to_state)
+
+
+_LOSS_STATS = ("loss/policy", "loss/value", "loss/entropy", "ppo/approx_kl",
+               "ppo/clip_fraction")
 
 
 def build_envs(env: EnvConfig, seed: int) -> gym.vector.VectorEnv:
@@ -50,9 +57,12 @@ def build_envs(env: EnvConfig, seed: int) -> gym.vector.VectorEnv:
 
 
 def build_trainer(config: Any) -> PPOTrainer:
-    """The trainer of a run config (``xlstm_rl.config.RunConfig`` with ``algo: ppo``)."""
+    """The trainer of a run config (``xlstm_rl.config.RunConfig`` with ``algo: ppo``); under
+    ``torchrun`` it is this rank's part of a data-parallel run."""
+    from xlstm_rl.distributed import current
+
     return PPOTrainer(config.env, config.model, config.ppo, seed=config.train.seed,
-                      device=config.train.resolved_device())
+                      device=config.train.resolved_device(), dist=current())
 
 
 class PPOTrainer:
@@ -64,6 +74,8 @@ class PPOTrainer:
         seed: seeds torch, numpy, the envs (sub-env ``j`` gets ``seed + j``) and the shuffles.
         device: torch device of the network.
         logger: optional :class:`MetricLogger`; every iteration's metrics are logged to it.
+        dist: the process group when data-parallel (see :mod:`.data_parallel`): this rank runs
+            the global envs ``rank * num_envs ...``; None: one process.
 
     Attributes:
         policy: the :class:`ActorCritic`.
@@ -72,12 +84,16 @@ class PPOTrainer:
     """
 
     def __init__(self, env: EnvConfig, model: ModelConfig, ppo: PPOConfig, *, seed: int = 0,
-                 device: str | torch.device = "cpu", logger: MetricLogger | None = None) -> None:
+                 device: str | torch.device = "cpu", logger: MetricLogger | None = None,
+                 dist: DistContext | None = None) -> None:
         self.env_cfg, self.model_cfg, self.cfg = env, model, ppo
         self.seed, self.device, self.logger = int(seed), torch.device(device), logger
+        self.dist = dist or DistContext()
+        self.parallel = DataParallel(self.dist)
+        env_seed = self.seed + self.parallel.env_offset(env.num_envs)
         torch.manual_seed(self.seed)
         np.random.seed(self.seed % 2**32)
-        self.envs = build_envs(env, self.seed)
+        self.envs = build_envs(env, env_seed)
         obs_space = self.envs.single_observation_space
         if model.chunk_size > ppo.seq_len:  # training sequences are never longer than seq_len
             model = dataclasses.replace(model, chunk_size=ppo.seq_len)
@@ -91,12 +107,16 @@ class PPOTrainer:
         self.collector = RolloutCollector(self.envs, self.policy, self.normalizer,
                                           ppo.reward_scale, self.device, self.action_generator,
                                           env_id=env.id)
-        self.collector.reset(seed=self.seed)
+        if self.dist.enabled:
+            self.collector.sampler = self.parallel.sample_actions
+        self.collector.reset(seed=env_seed)
         self.global_step, self.iteration, self.total_steps = 0, 0, 0
 
     def _make_normalizer(self, space: gym.Space) -> ObsNormalizer:
         if not isinstance(space, gym.spaces.Box) or is_image(space):
             raise ValueError(f"normalize_obs needs a non-image Box observation space, got {space}")
+        if self.dist.enabled:
+            return GlobalObsNormalizer(space.shape, self.dist, clip=self.cfg.obs_clip)
         return ObsNormalizer(space.shape, clip=self.cfg.obs_clip)
 
     @property
@@ -111,8 +131,8 @@ class PPOTrainer:
 
     @property
     def steps_per_iteration(self) -> int:
-        """Env steps per iteration: ``rollout_len * num_envs``."""
-        return self.cfg.rollout_len * self.envs.num_envs
+        """Env steps per iteration: ``rollout_len * num_envs`` (times the ranks)."""
+        return self.cfg.rollout_len * self.envs.num_envs * self.dist.world_size
 
     def learning_rate(self) -> float:
         """Learning rate of the next iteration (linear anneal over ``total_steps``)."""
@@ -165,6 +185,7 @@ class PPOTrainer:
         self.global_step += self.steps_per_iteration
         self.iteration += 1
         steps = self.steps_per_iteration
+        episodes = self.parallel.gather_episodes(episodes)
         metrics = {**episodes.summary(), **update, "ppo/learning_rate": lr,
                    "perf/sps": steps / (t2 - t0), "perf/collect_sps": steps / (t1 - t0),
                    "perf/update_sps": steps / (t2 - t1),
@@ -173,19 +194,28 @@ class PPOTrainer:
             self.logger.log(metrics, self.global_step)
         return metrics
 
-    def _minibatch_step(self, batch: TensorDict, states: TensorDict, where: str
-                        ) -> dict[str, torch.Tensor]:
+    def _minibatch_step(self, batch: TensorDict, states: TensorDict, where: str,
+                        weight: float = 1.0) -> dict[str, torch.Tensor]:
+        """One gradient step on a minibatch of chunks; ``weight`` is this rank's share of a
+        data-parallel minibatch (1.0 with one process)."""
         cfg = self.cfg
-        log_prob, entropy, value, _ = self.policy.evaluate(batch["obs"], states, batch["reset"],
-                                                           batch["action"])
-        adv = normalize(batch["advantage"]) if cfg.norm_adv else batch["advantage"]
-        loss, stats = ppo_loss(log_prob, batch["log_prob"], adv, value, batch["value"],
-                               batch["return"], entropy, clip_coef=cfg.clip_coef,
-                               clip_value_loss=cfg.clip_value_loss, vf_coef=cfg.vf_coef,
-                               ent_coef=cfg.ent_coef)
-        check_finite_losses({"the loss": loss, **stats}, where)
+        adv = batch["advantage"]
+        if cfg.norm_adv:
+            adv = self.parallel.normalize_advantages(adv)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if batch.batch_size[0] == 0:  # no chunk of this global minibatch lives on this rank
+            stats = {key: torch.zeros(()) for key in _LOSS_STATS}
+        else:
+            log_prob, entropy, value, _ = self.policy.evaluate(batch["obs"], states,
+                                                               batch["reset"], batch["action"])
+            loss, stats = ppo_loss(log_prob, batch["log_prob"], adv, value, batch["value"],
+                                   batch["return"], entropy, clip_coef=cfg.clip_coef,
+                                   clip_value_loss=cfg.clip_value_loss, vf_coef=cfg.vf_coef,
+                                   ent_coef=cfg.ent_coef)
+            check_finite_losses({"the loss": loss, **stats}, where)
+            (loss * weight).backward()
+        self.parallel.reduce_gradients(self.policy)
+        stats = self.parallel.reduce_stats(stats, weight)
         stats["ppo/grad_norm"] = nn.utils.clip_grad_norm_(self.policy.parameters(),
                                                           cfg.max_grad_norm)
         if not torch.isfinite(stats["ppo/grad_norm"]):
@@ -201,10 +231,10 @@ class PPOTrainer:
             if epoch > 0 and cfg.refresh_states:
                 buffer.refresh_states(self.policy)
             kls = []
-            for j, (batch, states) in enumerate(buffer.minibatches(cfg.minibatches,
-                                                                   self.generator)):
+            parts = self.parallel.minibatches(buffer, cfg.minibatches, self.generator)
+            for j, (batch, states, weight) in enumerate(parts):
                 where = f"iteration {self.iteration + 1}, epoch {epoch + 1}, minibatch {j + 1}"
-                stats = self._minibatch_step(batch, states, where)
+                stats = self._minibatch_step(batch, states, where, weight)
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + float(value)
                 kls.append(float(stats["ppo/approx_kl"]))
@@ -276,21 +306,14 @@ class PPOTrainer:
         """Everything needed to resume exactly, in the checkpoint layout (see
         :mod:`xlstm_rl.trainer`): ``policy`` weights, ``obs_norm`` statistics, and ``trainer``
         with optimizer, RNG, collector, env snapshots and counters."""
-        col = self.collector
-        if col.obs is None:
-            raise RuntimeError("state_dict() before the collector was reset")
-        obs = col.obs.clone()
-        obs = obs.to_dict() if hasattr(obs, "to_dict") else obs
         trainer = {
             "optimizer": optimizer_to_state(self.optimizer),
             "rng": rng_to_state(self.generator, self.action_generator),
-            "collector": {"obs": obs, "state": col.state.clone().to_dict(),
-                          "reset": col.reset_flags.clone(),
-                          "ep_return": torch.tensor(col.ep_return),
-                          "ep_length": torch.tensor(col.ep_length)},
-            "envs": self.env_snapshot(),
+            "collector": collector_to_state(self.collector, self.parallel),
+            "envs": self.parallel.gather_envs(self.env_snapshot(), self.envs.num_envs),
             "counters": {"global_step": self.global_step, "iteration": self.iteration,
-                         "total_steps": self.total_steps, "seed": self.seed},
+                         "total_steps": self.total_steps, "seed": self.seed,
+                         "world_size": self.dist.world_size},
         }
         return {"policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
                 "obs_norm": {} if self.normalizer is None else self.normalizer.state_dict(),
@@ -305,9 +328,14 @@ class PPOTrainer:
         from xlstm_rl.checkpoint import CheckpointError
         from xlstm_rl.policy import check_weights
 
+        saved = state["trainer"]
+        world = int(saved["counters"].get("world_size", 1))
+        if world != self.dist.world_size:
+            raise CheckpointError(f"checkpoint: it was trained with {world} process(es) but this "
+                                  f"run has {self.dist.world_size}; resume it with --nproc "
+                                  f"{world} (its envs are split over that many processes)")
         check_weights(self.policy, state["policy"], "checkpoint")
         self.policy.load_state_dict(state["policy"])
-        saved = state["trainer"]
         optimizer_from_state(self.optimizer, saved["optimizer"])
         rng_from_state(self.generator, self.action_generator, saved["rng"])
         if self.normalizer is not None:
@@ -316,25 +344,16 @@ class PPOTrainer:
             except (KeyError, ValueError) as exc:
                 raise CheckpointError(f"checkpoint: bad observation-normalization statistics "
                                       f"({exc})") from exc
-        self._load_collector(saved["collector"])
-        self.restore_envs(saved["envs"])
+        collector_from_state(self.collector, saved["collector"], self.parallel,
+                             self.policy.initial_state(self.envs.num_envs, self.device),
+                             self.device)
+        envs = saved["envs"]
+        if self.dist.enabled:
+            envs = self.parallel.local_envs(envs, self.envs.num_envs)
+        self.restore_envs(envs)
         counters = saved["counters"]
         self.global_step, self.iteration = int(counters["global_step"]), int(counters["iteration"])
         self.total_steps = int(counters["total_steps"])
-
-    def _load_collector(self, saved: dict[str, Any]) -> None:
-        col, n = self.collector, self.envs.num_envs
-        obs = saved["obs"]
-        col.obs = (TensorDict(obs, batch_size=[n]).to(self.device) if isinstance(obs, dict)
-                   else obs.to(self.device))
-        template = self.policy.initial_state(n, self.device)
-        saved_state = saved.get("state") or {}  # an empty state (mlp) may be dropped on save
-        template.update(TensorDict(saved_state, batch_size=[n]).to(self.device))
-        col.state = template
-        col.reset_flags = saved["reset"].to(self.device, torch.bool)
-        col.ep_return[:] = saved["ep_return"].numpy()
-        col.ep_length[:] = saved["ep_length"].numpy()
-        col.stepper.reset_flags[:] = saved["reset"].cpu().numpy().astype(bool)
 
     def close(self) -> None:
         """Closes the envs (and nothing else: the logger belongs to the caller)."""

@@ -54,6 +54,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing run directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, metavar="N", help="train data-parallel in N processes "
+                   "on this machine (as torchrun --nproc-per-node N -m xlstm_rl train ...); "
+                   "env.num_envs is per process")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -185,7 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        argv = list(sys.argv[1:] if argv is None else argv)
+        args = parser.parse_args(argv)
+        args.argv = argv  # what --nproc hands on to the processes it starts
     except _ArgError as exc:
         return report(exc)
     except SystemExit as exc:  # --help / --version

@@ -142,49 +142,80 @@ def run_train(args: argparse.Namespace) -> int:
             CLI); the checkpoints are left as they were.
     """
     from xlstm_rl.checkpoint import load_checkpoint
+    from xlstm_rl.distributed import launched_by_torchrun
 
+    if (args.nproc or 1) > 1 and not launched_by_torchrun():
+        from xlstm_rl.cli.launch import launch_local
+
+        return launch_local(args.nproc, getattr(args, "argv", [])[1:])
     config, run_dir, resume_from = _resolve(args)
     ckpt = None
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from)
         _check_resumable(config, ckpt.config, resume_from)
     with StopFlag() as stop:
-        trainer = _build_trainer(config)
+        dist = _join_process_group(config)
         try:
-            if stop.signum is not None:  # stopped while starting: nothing was written yet
-                print("interrupted before training started; nothing was written", flush=True)
-                return INTERRUPT_EXIT.get(stop.signum, 130)
-            return _run(trainer, config, run_dir, ckpt, args, stop)
+            trainer = _build_trainer(config)
+            try:
+                dist.barrier()  # every rank has checked the run directory before rank 0 writes
+                if dist.any(stop.signum is not None):  # stopped while starting: nothing written
+                    _say(dist, "interrupted before training started; nothing was written")
+                    return INTERRUPT_EXIT.get(stop.signum or 2, 130)
+                return _run(trainer, config, run_dir, ckpt, args, stop)
+            finally:
+                trainer.close()
         finally:
-            trainer.close()
+            from xlstm_rl.distributed import shutdown
+
+            shutdown()
+
+
+def _join_process_group(config: RunConfig) -> Any:
+    """The process-group context (one process unless launched by torchrun)."""
+    from xlstm_rl.distributed import init_from_environment
+
+    with as_user_error("distributed training", types=(ValueError, RuntimeError)):
+        return init_from_environment(config.train.resolved_device())
+
+
+def _say(dist: Any, text: str) -> None:
+    if dist.is_main:
+        print(text, flush=True)
 
 
 def _run(trainer: Any, config: RunConfig, run_dir: Path, ckpt: Any, args: argparse.Namespace,
          stop: StopFlag) -> int:
+    from xlstm_rl.distributed import current
+
+    dist = current()
     spaces = training_spaces(trainer)
     run_state = restore_trainer(trainer, ckpt) if ckpt is not None else None
-    if ckpt is None:
+    if ckpt is None and dist.is_main:
         prepare_new_run_dir(run_dir, overwrite=args.overwrite)
     loop = RunLoop(trainer, config, run_dir, spaces, run_state=run_state,
-                   show_bar=not args.no_progress)
+                   show_bar=not args.no_progress, dist=dist)
     if ckpt is None:
         loop.save("latest")  # resumable from the first moment
-    save_config(config, run_dir / CONFIG_FILE)
+    if dist.is_main:
+        save_config(config, run_dir / CONFIG_FILE)
     if loop.run_state.reached_target:
-        print(f"this run already reached train.target_return "
-              f"({config.train.target_return}); nothing left to train (set "
-              "train.target_return=null, or higher, to continue)", flush=True)
+        _say(dist, f"this run already reached train.target_return "
+                   f"({config.train.target_return}); nothing left to train (set "
+                   "train.target_return=null, or higher, to continue)")
     action = "resuming" if trainer.global_step else "training"
-    print(f"{action} {config.algo} + {config.model.core} on {config.env.id}; run directory: "
-          f"{run_dir}", flush=True)
+    ranks = f" on {dist.world_size} processes" if dist.enabled else ""
+    _say(dist, f"{action} {config.algo} + {config.model.core} on {config.env.id}{ranks}; run "
+               f"directory: {run_dir}")
     with loop:
         code = loop.run(stop)
         summary = None if code else loop.finish()
     if summary is None:
-        print(f"interrupted at step {trainer.global_step}; checkpoint written. "
-              f"Resume with: xlstm-rl train --resume {run_dir}", flush=True)
+        _say(dist, f"interrupted at step {trainer.global_step}; checkpoint written. "
+                   f"Resume with: xlstm-rl train --resume {run_dir}")
         return code or INTERRUPT_EXIT.get(stop.signum or 2, 130)
-    _print_summary(summary, run_dir)
+    if dist.is_main:
+        _print_summary(summary, run_dir)
     return 0
 
 

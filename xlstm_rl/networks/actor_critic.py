@@ -8,6 +8,9 @@ give the same numbers (the cores guarantee it), which is what PPO with stored st
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from gymnasium import spaces
 from tensordict import TensorDict
@@ -18,6 +21,9 @@ from xlstm_rl.schema import ModelConfig
 
 from .encoders import Obs, build_encoder
 from .heads import ValueHead, build_action_head
+
+Sampler = Callable[[nn.Module, Any, bool, "torch.Generator | None"], Tensor]
+"""``(actor_head, distribution, deterministic, generator) -> actions``."""
 
 
 class Torso(nn.Module):
@@ -104,8 +110,8 @@ class ActorCritic(nn.Module):
         return y, yv, TensorDict(new, batch_size=state.batch_size)
 
     def act(self, obs: Obs, state: TensorDict, reset: Tensor | None,
-            deterministic: bool = False, generator: torch.Generator | None = None
-            ) -> tuple[Tensor, Tensor, Tensor, TensorDict]:
+            deterministic: bool = False, generator: torch.Generator | None = None,
+            sampler: Sampler | None = None) -> tuple[Tensor, Tensor, Tensor, TensorDict]:
         """One acting step.
 
         Args:
@@ -113,6 +119,9 @@ class ActorCritic(nn.Module):
                 episode starts at this observation, the state is zeroed first).
             deterministic: take the distribution's mode instead of a sample.
             generator: RNG for sampling (the global torch RNG when None).
+            sampler: Draws the actions instead of ``actor.sample`` (called as
+                ``sampler(actor, dist, deterministic, generator)``; data-parallel PPO samples
+                the batch of every rank with it).
 
         Returns:
             ``action [B, *action_shape]`` (internal, see ``ActionHead.to_env``),
@@ -120,7 +129,10 @@ class ActorCritic(nn.Module):
         """
         y, yv, new = self._run(obs, state, reset, step=True)
         dist = self.actor(y)
-        action = self.actor.sample(dist, deterministic, generator)
+        if sampler is None:
+            action = self.actor.sample(dist, deterministic, generator)
+        else:
+            action = sampler(self.actor, dist, deterministic, generator)
         return action, self.actor.log_prob(dist, action), self.critic(yv), new
 
     @torch.no_grad()
