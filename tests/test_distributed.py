@@ -107,7 +107,7 @@ def test_two_node_launch_on_loopback(tmp_path) -> None:
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for rank in (0, 1)]
     outputs = [node.communicate(timeout=240) for node in nodes]
-    for node, (out, err) in zip(nodes, outputs):
+    for node, (_out, err) in zip(nodes, outputs):
         assert node.returncode == 0, err[-2000:]
     assert "on 2 processes" in outputs[0][0]
     assert load_checkpoint(run / "checkpoints" / "latest.safetensors").extra["global_step"] == 64

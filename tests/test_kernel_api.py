@@ -1,9 +1,9 @@
 """The functional kernel API of ``xlstm_rl.kernels``: argument checks, backends, dtypes.
 
 Contract (docs/architecture.md, "Functional kernel API"): bad shapes and bad backends are
-``ValueError``s with a one-line message naming the problem; ``backend="auto"`` on CPU tensors runs the
-reference; ``"triton"`` on CPU tensors needs ``TRITON_INTERPRET=1``; states are float32 for
-low-precision inputs while ``h`` keeps the input dtype; an empty sequence is an error.
+``ValueError``s with a one-line message naming the problem; ``backend="auto"`` on CPU tensors
+runs the reference; ``"triton"`` on CPU tensors needs ``TRITON_INTERPRET=1``; states are
+float32 for low-precision inputs while ``h`` keeps the input dtype; an empty sequence is an error.
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """mLSTM reference kernels, part 1: golden vectors and the equivalence of all forms.
 
-The four forms are one map (docs/architecture.md, "mLSTM math"): ``mlstm_recurrent`` (the
-step loop, the definition), ``mlstm_step`` called S times, ``mlstm_chunkwise`` and ``mlstm_parallel`` (the
-quadratic oracle). Checks: the float64 golden vectors of an independent implementation, and the
-forms against the float64 step loop in float32 (outputs, final states, gradients). Relative
+The four forms are one map (docs/architecture.md, "mLSTM math"): ``mlstm_recurrent`` (the step
+loop, the definition), ``mlstm_step`` called S times, ``mlstm_chunkwise`` and ``mlstm_parallel``
+(the quadratic oracle). Checks: the float64 golden vectors of an independent implementation, and
+the forms against the float64 step loop in float32 (outputs, final states, gradients). Relative
 error is ``max|a - b| / max|b|`` over the whole tensor, ``b`` the reference. Part 2 (resets,
 carried state, gradcheck, stability) is ``test_mlstm_resets_stability.py``.
 """
