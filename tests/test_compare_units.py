@@ -3,6 +3,7 @@ values, the matrix from presets and the registry, resume decisions, Ctrl-C forwa
 stand-in child process), and the report built from fabricated rows."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -12,6 +13,8 @@ import threading
 
 import pytest
 
+from xlstm_rl.algorithms import (AlgorithmSpec, algorithm_names, register_algorithm,
+                                 unregister_algorithm)
 from xlstm_rl.compare import runner as runner_module
 from xlstm_rl.compare.matrix import Cell, build_matrix
 from xlstm_rl.compare.presets import ALL_CORES, PRESETS, TASKS
@@ -19,6 +22,7 @@ from xlstm_rl.compare.report import render_markdown, write_report
 from xlstm_rl.compare.rows import write_row
 from xlstm_rl.compare.runner import cell_action, run_cells
 from xlstm_rl.compare.stats import bootstrap_ci, iqm, mean
+from xlstm_rl.config import packaged_configs
 from xlstm_rl.errors import UserError
 
 
@@ -57,16 +61,21 @@ def test_iqm_and_mean_against_hand_computed_values() -> None:
 
 
 def test_matrix_takes_algorithms_from_the_registry_and_skips_missing_configs() -> None:
-    cells, notes = build_matrix(PRESETS["full"], seeds=1, lengths=[10])
-    algos = {cell.algo for cell in cells}
-    assert "ppo" in algos
-    tasks = {(cell.algo, cell.task) for cell in cells}
-    for algo in {"ppo", "r2d2"} & algos:  # every algorithm with a base config joins
-        assert (algo, "tmaze") in tasks
-    skipped = {note.split(" on ")[0] + "/" + note.split(" on ")[1].split(":")[0]
-               for note in notes}
-    assert all(f"{a}/{t}" not in skipped for a, t in tasks)
-    assert len(cells) == len(tasks) * len(ALL_CORES)
+    toy = AlgorithmSpec(name="toy", config="x:y", trainer="x:y", policy="x:y")
+    register_algorithm(toy)
+    try:
+        every = dataclasses.replace(PRESETS["full"], algos=None)
+        cells, notes = build_matrix(every, seeds=1, lengths=[10])
+    finally:
+        unregister_algorithm("toy")
+    assert "toy on tmaze: skipped, no packaged config 'toy-mlstm-tmaze'" in notes
+    pairs = {(cell.algo, cell.task) for cell in cells}
+    for algo in algorithm_names():  # every algorithm with a base config joins, no other
+        for task in ("tmaze", "recall"):
+            has_config = f"{algo}-mlstm-{task}" in packaged_configs()
+            assert ((algo, task) in pairs) == has_config
+    assert ("ppo", "tmaze") in pairs
+    assert len(cells) == len(pairs) * len(ALL_CORES)
     cartpole, notes = build_matrix(PRESETS["quick"], tasks=["cartpole-pos"], algos=["ppo"],
                                    seeds=1, lengths=[200])
     assert {c.config for c in cartpole} == {"ppo-mlstm-cartpole-pos"} and not notes

@@ -124,7 +124,7 @@ def run_compare(args: argparse.Namespace) -> int:
     if not cells:
         raise UserError("the matrix is empty: " + ("; ".join(skipped) or "nothing selected"))
     out = Path(args.out or f"compare-{preset.name}")
-    jobs = args.jobs or preset.jobs
+    jobs = args.jobs or preset.jobs or os.cpu_count() or 1
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
     if args.list:

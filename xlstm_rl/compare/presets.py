@@ -117,11 +117,12 @@ class Preset:
     """Cores compared."""
     algos: tuple[str, ...] | None = None
     """Algorithms compared; None: every registered algorithm that has a base config for the
-    task (so a newly registered algorithm joins as soon as its configs exist)."""
+    task (so a newly registered algorithm joins as soon as its configs exist). ``--algos``
+    overrides it, e.g. ``--algos ppo r2d2``."""
     seeds: int = 3
     """Seeds per cell (``train.seed`` 0 .. seeds - 1)."""
-    jobs: int = 2
-    """Default number of cells run at once (one torch thread each)."""
+    jobs: int | None = None
+    """Default number of cells run at once (one torch thread each); None: the CPU count."""
     stop_at_target: bool = True
     """Stop a cell once an evaluation reaches the task's threshold (saves most of the budget
     of solved cells; their learning curves are drawn flat after the stop)."""
@@ -135,18 +136,18 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
     Preset(name="quick",
-           description="T-maze at corridors 5 and 20, 6 cores, 2 seeds, 24k steps per cell, PPO "
-                       "(about 10 minutes on a 4-core laptop with --jobs 4)",
-           plans=(TaskPlan("tmaze", lengths=(5, 20), steps=24_576, eval_every=4096,
-                           eval_episodes=64),),
-           algos=("ppo",), seeds=2, jobs=2),
+           description="PPO on the T-maze at corridors 5 and 20, 6 cores, 2 seeds, 32k steps "
+                       "per cell (minutes with a few free CPU cores)",
+           plans=(TaskPlan("tmaze", lengths=(5, 20), steps=32_768, eval_every=4096,
+                           eval_episodes=32),),
+           algos=("ppo",), seeds=2),
     Preset(name="full",
-           description="T-maze corridors 10-100 and delayed recall 10-100, 6 cores, every "
-                       "algorithm with configs, 5 seeds, 300k steps per cell (hours)",
-           plans=(TaskPlan("tmaze", lengths=(10, 25, 50, 100), steps=300_000,
-                           eval_every=8192, eval_episodes=64),
-                  TaskPlan("recall", lengths=(10, 25, 50, 100), steps=300_000,
-                           eval_every=8192, eval_episodes=64)),
-           seeds=5, jobs=8),
+           description="PPO on the T-maze at corridors 10-100 and on delayed recall at "
+                       "delays 10-100, 6 cores, 5 seeds, 262k steps per cell (hours)",
+           plans=(TaskPlan("tmaze", lengths=(10, 25, 50, 100), steps=262_144,
+                           eval_every=16_384, eval_episodes=32),
+                  TaskPlan("recall", lengths=(10, 25, 50, 100), steps=262_144,
+                           eval_every=16_384, eval_episodes=32)),
+           algos=("ppo",), seeds=5),
 )}
 """The named presets of ``xlstm-rl compare --preset``."""
