@@ -183,7 +183,7 @@ class XLSTMModule(TensorDictModuleBase):
         state; otherwise the sequence is cut at the restart times that store a state.
         """
         restarts = self._later_starts(is_init)
-        loaded = restarts & self._nonzero_rows(stored)
+        loaded = self._stores_a_state(stored, restarts)
         if not bool(loaded.any()):
             return self.core(x, stored[:, 0], restarts)
         bounds = sorted({0, x.shape[1], *loaded.any(dim=0).nonzero().flatten().tolist()})
@@ -210,13 +210,20 @@ class XLSTMModule(TensorDictModuleBase):
         return restarts
 
     @staticmethod
-    def _nonzero_rows(state: TensorDict) -> Tensor:
-        """``[*batch]`` bool: where any leaf of ``state`` is not zero."""
-        flags = [leaf.reshape(*state.batch_size, -1).ne(0).any(-1)
-                 for leaf in state.values(include_nested=True, leaves_only=True)]
-        if not flags:
-            return torch.zeros(state.batch_size, dtype=torch.bool, device=state.device)
-        return torch.stack(flags).any(0)
+    def _stores_a_state(stored: TensorDict, restarts: Tensor) -> Tensor:
+        """``[B, T]`` bool: restarts (``restarts [B, T]``) where ``stored [B, T]`` is not zero.
+
+        Only the restart steps are read, so the check costs little next to the core.
+        """
+        loaded = torch.zeros_like(restarts)
+        rows, times = restarts.nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            return loaded
+        flags = [leaf[rows, times].reshape(rows.numel(), -1).ne(0).any(-1)
+                 for leaf in stored.values(include_nested=True, leaves_only=True)]
+        if flags:
+            loaded[rows, times] = torch.stack(flags).any(0)
+        return loaded
 
     def _is_init(self, tensordict: TensorDictBase) -> Tensor:
         is_init = tensordict.get("is_init", None)
