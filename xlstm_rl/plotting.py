@@ -110,11 +110,23 @@ class Panel:
     """Fixed y range; None: automatic."""
 
 
-def _draw(ax: Any, line: Line, color: Any, style: str) -> None:
+def _dodged(xs: Sequence[float], shift: float, log_x: bool, span: tuple[float, float]
+            ) -> list[float]:
+    """``xs`` moved sideways by ``shift`` (a fraction of the x range) so that error bars of
+    lines sharing x positions do not hide each other."""
+    low, high = span
+    if log_x and low > 0:
+        return [x * (high / low) ** shift for x in xs]
+    return [x + (high - low) * shift for x in xs]
+
+
+def _draw(ax: Any, line: Line, color: Any, style: str, shift: float = 0.0,
+          log_x: bool = False, span: tuple[float, float] = (0.0, 1.0)) -> None:
     if style == "errorbar":
         yerr = [[max(0.0, y - lo) for y, lo in zip(line.y, line.low)],
                 [max(0.0, hi - y) for y, hi in zip(line.y, line.high)]]
-        ax.errorbar(line.x, line.y, yerr=yerr, label=line.label, color=color, marker="o",
+        xs = _dodged(line.x, shift, log_x, span)
+        ax.errorbar(xs, line.y, yerr=yerr, label=line.label, color=color, marker="o",
                     markersize=4, capsize=3, linewidth=1.5)
     else:
         ax.plot(line.x, line.y, label=line.label, color=color, linewidth=1.5)
@@ -124,6 +136,9 @@ def _draw(ax: Any, line: Line, color: Any, style: str) -> None:
 def plot_panels(panels: Sequence[Panel], out: str | Path, *, style: str = "band",
                 ncols: int = 3, title: str | None = None) -> Path:
     """A grid of panels; each line drawn with error bars (``errorbar``) or a band (``band``).
+
+    With error bars, the lines of a panel are moved sideways by a little each (about 1% of
+    the x range apart) so that bars at the same x stay visible.
 
     Args:
         panels: The panels, filled row by row.
@@ -147,8 +162,11 @@ def plot_panels(panels: Sequence[Panel], out: str | Path, *, style: str = "band"
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colors = {label: cycle[i % len(cycle)] for i, label in enumerate(labels)}
     for ax, panel in zip(axes.flat, panels):
-        for line in panel.lines:
-            _draw(ax, line, colors[line.label], style)
+        xs = [float(x) for line in panel.lines for x in line.x]
+        span = (min(xs), max(xs)) if xs and max(xs) > min(xs) else (0.0, 1.0)
+        for i, line in enumerate(panel.lines):
+            shift = 0.012 * (i - (len(panel.lines) - 1) / 2)
+            _draw(ax, line, colors[line.label], style, shift, panel.log_x, span)
         if panel.hline is not None:
             ax.axhline(panel.hline, color="grey", linestyle="--", linewidth=1)
         if panel.log_x:

@@ -142,11 +142,11 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
                            eval_episodes=32),),
            algos=("ppo",), seeds=2),
     Preset(name="full",
-           description="PPO on the T-maze at corridors 10-100 and on delayed recall at "
-                       "delays 10-100, 6 cores, 5 seeds, 262k steps per cell (hours)",
-           plans=(TaskPlan("tmaze", lengths=(10, 25, 50, 100), steps=262_144,
+           description="PPO on the T-maze at corridors 10-80 and on delayed recall at "
+                       "delays 10-80, 6 cores, 5 seeds, 197k steps per cell (hours)",
+           plans=(TaskPlan("tmaze", lengths=(10, 20, 40, 80), steps=196_608,
                            eval_every=16_384, eval_episodes=32),
-                  TaskPlan("recall", lengths=(10, 25, 50, 100), steps=262_144,
+                  TaskPlan("recall", lengths=(10, 20, 40, 80), steps=196_608,
                            eval_every=16_384, eval_episodes=32)),
            algos=("ppo",), seeds=5),
 )}
