@@ -19,7 +19,7 @@ from xlstm_rl.compare import runner as runner_module
 from xlstm_rl.compare.matrix import Cell, build_matrix
 from xlstm_rl.compare.presets import ALL_CORES, PRESETS, TASKS
 from xlstm_rl.compare.report import render_markdown, write_report
-from xlstm_rl.compare.rows import write_row
+from xlstm_rl.compare.rows import build_row, write_row
 from xlstm_rl.compare.runner import cell_action, run_cells
 from xlstm_rl.compare.stats import bootstrap_ci, iqm, mean
 from xlstm_rl.config import packaged_configs
@@ -199,3 +199,27 @@ def test_report_table_has_mean_ci_and_iqm_from_five_seeds(tmp_path) -> None:
     files = write_report(tmp_path, rows, title="T")
     assert [f.name for f in files] == ["report.md", "score_vs_length.png", "learning_curves.png"]
     assert all(f.stat().st_size > 1000 for f in files)
+
+
+def test_rows_score_returns_per_horizon_and_find_the_first_step_past_the_threshold(
+        tmp_path) -> None:
+    """CartPole's score is eval return / horizon: ``eval/return_mean`` in metrics.jsonl and
+    ``mean_return`` in eval.json (the two files name it differently)."""
+    cell = _cell(task="cartpole-pos", length=200)
+    run = tmp_path / "run"
+    run.mkdir()
+    metrics = [{"step": 100, "eval/return_mean": 50.0}, {"step": 200, "perf/sps": 10.0},
+               {"step": 300, "eval/return_mean": 192.0, "perf/sps": 30.0},
+               {"step": 400, "eval/return_mean": 180.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics)
+                                       + '{"step": 500, "eval/ret')  # a torn last line
+    (run / "eval.json").write_text(json.dumps({"global_step": 400, "mean_return": 170.0,
+                                               "success_rate": float("nan")}))
+    row = build_row(cell, run, wall_s=4.0)
+    assert row["status"] == "ok" and row["final_score"] == 0.85 and row["final_return"] == 170.0
+    assert row["curve"] == [[100, 0.25], [300, 0.96], [400, 0.9]]
+    assert row["best_score"] == 0.96 and row["steps_to_threshold"] == 300
+    assert row["env_steps_per_s"] == 100.0 and row["train_sps"] == 20.0
+    failed = build_row(cell, tmp_path / "missing", wall_s=1.0, error="exit 2: error: boom")
+    assert failed["status"] == "failed" and failed["final_score"] is None
+    assert failed["error"] == "exit 2: error: boom" and failed["curve"] == []

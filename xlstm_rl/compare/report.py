@@ -46,13 +46,14 @@ class Group:
 
     @property
     def ok(self) -> list[dict[str, Any]]:
-        """Rows of completed runs with a final score."""
-        return [r for r in self.rows if r["status"] == "ok" and r["final_score"] is not None]
+        """Rows of completed runs."""
+        return [r for r in self.rows if r["status"] == "ok"]
 
     @property
     def scores(self) -> list[float]:
-        """Final scores of the completed runs, by seed."""
-        return [float(r["final_score"]) for r in sorted(self.ok, key=lambda r: r["seed"])]
+        """Final scores of the completed runs that have one, by seed."""
+        return [float(r["final_score"]) for r in sorted(self.ok, key=lambda r: r["seed"])
+                if r["final_score"] is not None]
 
 
 def _order(task: str, algo: str, length: int, core: str) -> tuple[Any, ...]:

@@ -29,6 +29,11 @@ RESULTS_FILE = "results.jsonl"
 """All rows in one file (sorted by cell id), written with the report."""
 
 
+EVAL_JSON_KEYS = {"return_mean": "mean_return"}
+"""``eval.json`` names of the evaluation metrics whose ``metrics.jsonl`` names (``eval/<key>``)
+differ; the others (``success_rate``) are the same in both."""
+
+
 def _finite(value: Any) -> float | None:
     if isinstance(value, (int, float)) and math.isfinite(value):
         return float(value)
@@ -91,7 +96,7 @@ def build_row(cell: Cell, run_dir: Path, *, wall_s: float, error: str | None = N
         except (OSError, ValueError) as exc:
             error = f"no readable eval.json in {run_dir}: {exc}"
     steps = int(final.get("global_step", metrics[-1].get("step", 0) if metrics else 0))
-    raw = _finite(final.get(task.score_key))
+    raw = _finite(final.get(EVAL_JSON_KEYS.get(task.score_key, task.score_key)))
     final_score = None if raw is None else task.score(raw, cell.length)
     if final_score is not None and (not curve or curve[-1][0] < steps):
         curve.append([steps, final_score])
