@@ -18,6 +18,7 @@ from torch import Tensor
 from .reference import (MLSTMState, SLSTMState, mlstm_chunkwise_fused, mlstm_step_reference,
                         slstm_sequence_fused, slstm_step_reference)
 from .reference import mlstm_recurrent as _mlstm_recurrent_reference
+from .reference.mlstm_step_fast import mlstm_step_nograd
 
 BACKENDS = ("auto", "reference", "triton")
 
@@ -135,14 +136,25 @@ def mlstm_recurrent(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
     return _mlstm_recurrent_reference(q, k, v, i, f, state=state, reset=reset, eps=eps)
 
 
+def needs_grad(*tensors: Tensor | None) -> bool:
+    """True when autograd is on and one of ``tensors`` requires a gradient."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def mlstm_step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
                state: MLSTMState | None, *, reset: Tensor | None = None, eps: float = 1e-6,
                backend: str = "auto") -> tuple[Tensor, MLSTMState]:
-    """One mLSTM step (acting path): q, k ``[B,H,Dk]``, v ``[B,H,Dv]``, i, f ``[B,H]``."""
+    """One mLSTM step (acting path): q, k ``[B,H,Dk]``, v ``[B,H,Dv]``, i, f ``[B,H]``.
+
+    The reference backend runs ``mlstm_step_nograd`` (same floats, fewer and in-place ops)
+    when no input needs a gradient, else ``mlstm_step_reference``.
+    """
     _check_mlstm(q, k, v, i, f, reset, step=True, state=state)
     if resolve_backend(backend, q.device) == "triton":
         return _triton_ops().mlstm_step(q, k, v, i, f, state, reset=reset, eps=eps)
-    return mlstm_step_reference(q, k, v, i, f, state, reset=reset, eps=eps)
+    if needs_grad(q, k, v, i, f, *(state or ())):
+        return mlstm_step_reference(q, k, v, i, f, state, reset=reset, eps=eps)
+    return mlstm_step_nograd(q, k, v, i, f, state, reset=reset, eps=eps)
 
 
 def _check_slstm(wx: Tensor, r_weight: Tensor, bias: Tensor, reset: Tensor | None,

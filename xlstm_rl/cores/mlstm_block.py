@@ -17,9 +17,13 @@ from tensordict import TensorDict
 from torch import Tensor, nn
 
 from xlstm_rl.kernels import mlstm_chunkwise, mlstm_step
+from xlstm_rl.kernels.reference.mlstm_step_fast import mlstm_cell_inplace
 
 from .config import CoreConfig
+from .fast_step import cached, clear
 from .layers import BlockDiagonalLinear, CausalConv1d, MultiHeadNorm
+
+STATE_KEYS = ("C", "n", "m", "conv")
 
 
 class MLSTMBlock(nn.Module):
@@ -100,3 +104,74 @@ class MLSTMBlock(nn.Module):
                                   reset=reset, backend=self.backend)
         y = self._output(h, xc, z, x)
         return y, TensorDict({"C": C, "n": n, "m": m, "conv": window}, batch_size=state.batch_size)
+
+    def _step_weights(self) -> dict[str, Tensor]:
+        """Weights laid out for :meth:`step_nograd` (cached until a parameter changes).
+
+        ``qkv [bs, 3, nb, bs]``: the q, k, v block-diagonal maps by input position ``d`` in the
+        block, so ``[q | k | v] = sum_d x[..., d] * qkv[d]`` for ``x = [xc, xc, xm]``;
+        ``gates_w [3H, 3*inner]``, ``gates_b [3H]``: the gate projection with H zero rows
+        appended (``i, f, 0`` per head, see ``mlstm_cell_inplace``).
+        """
+        qk, v = self.qk.weight, self.v.weight                                # [nb, bs, k*bs]
+        gw, gb = self.gates.weight, self.gates.bias
+
+        def build() -> dict[str, Tensor]:
+            nb, bs = v.shape[0], v.shape[1]
+            qkv = torch.cat([qk.view(nb, bs, 2, bs), v.view(nb, bs, 1, bs)], dim=2)
+            taps = qkv.permute(1, 2, 0, 3).contiguous()                        # [bs, 3, nb, bs]
+            return {"qkv": taps, "gates_w": torch.cat([gw, gw.new_zeros(self.heads, gw.shape[1])]),
+                    "gates_b": torch.cat([gb, gb.new_zeros(self.heads)])}
+
+        return cached(self, (qk, v, gw, gb), build)
+
+    def step_nograd(self, x: Tensor, state: list[Tensor], reset: Tensor | None
+                    ) -> tuple[Tensor, list[Tensor]]:
+        """:meth:`step` without autograd, on the state's leaves ``[C, n, m, conv]``.
+
+        Args:
+            x: ``[B, dim]``; state: ``C [B,H,Dh,Dh]``, ``n [B,H,Dh]``, ``m [B,H]``,
+                ``conv [B,K-1,inner]`` (never written); reset: ``[B]`` bool or None, only
+                passed when some row resets.
+
+        Returns:
+            ``y [B, dim]`` and the new leaves.
+        """
+        if reset is not None:
+            state = clear(state, reset)
+        C, n, m, window = state
+        B, H, Dh = x.shape[0], self.heads, self.head_dim
+        w = self._step_weights()
+        xm, z = F.linear(F.layer_norm(x, (self.dim,), self.norm.weight, self.norm.bias,
+                                      self.norm.eps), self.up.weight, self.up.bias).chunk(2, 1)
+        xc, window = self._conv_step(xm, window)
+        qkv = self._qkv(xc, xm, w["qkv"])
+        gates = F.linear(qkv.view(B, -1), w["gates_w"], w["gates_b"]).view(B, 3, H)
+        i, f, _ = gates.unbind(1)
+        torch.add(F.logsigmoid(f), m, out=f)
+        q, k, v = qkv.view(B, 3, H, Dh).unbind(1)
+        q = (q * (1.0 / math.sqrt(Dh))).reshape(B * H, 1, Dh)
+        h, (C, n, m) = mlstm_cell_inplace(q, k, v, gates, (C, n, m))
+        h = F.group_norm(h.view(B, -1), H, self.cell_norm.weight, None, self.cell_norm.eps)
+        h = h.addcmul_(self.skip, xc).mul_(F.silu(z))
+        return F.linear(h, self.down.weight, self.down.bias).add_(x), [C, n, m, window]
+
+    @staticmethod
+    def _qkv(xc: Tensor, xm: Tensor, taps: Tensor) -> Tensor:
+        """Block-diagonal q, k (from ``xc``) and v (from ``xm``) ``[B, inner]`` as
+        ``[B, 3, nb, bs]``: one multiply-add per position in the block (``bs`` of them)."""
+        bs, _, nb, _ = taps.shape
+        x = torch.stack([xc, xc, xm], 1).view(xc.shape[0], 3, nb, bs, 1).unbind(3)
+        out = x[0] * taps[0]
+        for d in range(1, bs):
+            out.addcmul_(x[d], taps[d])
+        return out
+
+    def _conv_step(self, xm: Tensor, window: Tensor) -> tuple[Tensor, Tensor]:
+        """Causal conv + SiLU of one step: ``xm [B, inner]``, ``window [B, K-1, inner]``."""
+        conv = self.conv
+        if conv.kernel == 1:
+            return F.silu(xm * conv.weight[0] + conv.bias), window
+        full = torch.cat([window, xm.unsqueeze(1)], 1)                      # [B, K, inner]
+        xc = (full * conv.weight).sum(1).add_(conv.bias)
+        return F.silu(xc, inplace=True), full[:, 1:]

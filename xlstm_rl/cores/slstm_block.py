@@ -15,6 +15,8 @@ from xlstm_rl.kernels import slstm_sequence, slstm_step
 from .config import CoreConfig
 from .layers import GatedFFN, MultiHeadNorm
 
+STATE_KEYS = ("h", "c", "n", "m")
+
 
 class SLSTMBlock(nn.Module):
     """Residual sLSTM block of width ``dim``. State keys ``h, c, n, m``, each ``[B, H, Dh]``."""
@@ -64,3 +66,12 @@ class SLSTMBlock(nn.Module):
                             tuple(state[key] for key in "hcnm"), reset=reset,
                             backend=self.backend)
         return self._finish(x, h), TensorDict(dict(zip("hcnm", new)), batch_size=state.batch_size)
+
+    def step_nograd(self, x: Tensor, state: list[Tensor], reset: Tensor | None
+                    ) -> tuple[Tensor, list[Tensor]]:
+        """:meth:`step` without autograd, on the state's leaves ``[h, c, n, m]`` (each
+        ``[B, H, Dh]``, never written); ``reset [B]`` is only passed when some row resets."""
+        hs, c, n, m = state
+        h, new = slstm_step(self._wx(x), self.r_weight, self.bias, (hs, c, n, m), reset=reset,
+                            backend=self.backend)
+        return self._finish(x, h), list(new)

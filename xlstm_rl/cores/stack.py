@@ -5,11 +5,16 @@ from collections.abc import Sequence
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import Tensor, nn
 
+from xlstm_rl.kernels.reference.mlstm_step_fast import any_reset
+
+from . import mlstm_block, slstm_block
 from .base import MemoryCore
 from .config import CoreConfig
+from .fast_step import fast_step_ok, leaves, new_state, sub_state
 from .mlstm_block import MLSTMBlock
 from .slstm_block import SLSTMBlock
 
@@ -28,6 +33,8 @@ class XLSTMCore(MemoryCore):
         make = {"m": MLSTMBlock, "s": SLSTMBlock}
         self.blocks = nn.ModuleList(make[c](cfg.hidden_size, cfg) for c in cfg.pattern)
         self.out_norm = nn.LayerNorm(cfg.hidden_size)
+        self._state_keys = [(f"block{j}", (mlstm_block if c == "m" else slstm_block).STATE_KEYS)
+                            for j, c in enumerate(cfg.pattern)]
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None
                       ) -> TensorDict:
@@ -45,7 +52,25 @@ class XLSTMCore(MemoryCore):
 
     def step(self, x: Tensor, state: TensorDict | None = None, reset: Tensor | None = None
              ) -> tuple[Tensor, TensorDict]:
+        if fast_step_ok(x, self.cfg.backend):
+            return self._step_nograd(x, state, reset)
         return self._run(x, state, reset, step=True)
+
+    def _step_nograd(self, x: Tensor, state: TensorDict | None, reset: Tensor | None
+                     ) -> tuple[Tensor, TensorDict]:
+        """``step`` without autograd: the blocks' ``step_nograd`` on the state's leaves."""
+        self._check_input(x, reset, step=True)
+        state = self._state_or_zero(state, x)
+        r = None
+        if reset is not None and any_reset(reset):
+            r = reset.to(device=x.device, dtype=torch.bool)
+        y, parts, bs = F.linear(x, self.proj.weight, self.proj.bias), {}, state.batch_size
+        for block, (name, keys) in zip(self._blocks(), self._state_keys):
+            y, new = block.step_nograd(y, leaves(sub_state(state, name), keys), r)
+            parts[name] = new_state(dict(zip(keys, new)), bs)
+        norm = self.out_norm
+        return F.layer_norm(y, norm.normalized_shape, norm.weight, norm.bias, norm.eps), \
+            new_state(parts, bs)
 
     def _run(self, x: Tensor, state: TensorDict | None, reset: Tensor | None, step: bool
              ) -> tuple[Tensor, TensorDict]:
