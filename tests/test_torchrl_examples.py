@@ -75,3 +75,27 @@ def test_torchrl_pipeline_with_mlstm_module_learns_the_tmaze() -> None:
     assert result["success"] >= 0.95, result
     # The control: the same pipeline without memory can only guess the turn.
     assert memoryless["success"] <= 0.75, memoryless
+
+
+def test_gae_with_the_mlstm_critic_agrees_shifted_and_unshifted() -> None:
+    """GAE's unshifted ("next", ...) pass restarts the critic from stored non-zero states at
+    is_init steps; its advantages must equal the single shifted pass over each row."""
+    example = load_example("torchrl_ppo")
+    from torchrl.objectives.value import GAE
+
+    settings = example.Settings(num_envs=4, rollout_len=24)  # two T-maze episodes per row
+    torch.manual_seed(0)
+    env = example.make_env(settings)
+    env.set_seed(0)
+    policy, value = example.make_agent(env, "mlstm", settings)
+    collector = example.Collector(env, policy, frames_per_batch=96, total_frames=-1)
+    batch = next(iter(collector))
+    collector.shutdown()
+    assert batch["is_init"][:, 1:].any()  # episodes start inside the rows
+    advantages = []
+    for shifted in (True, False):
+        gae = GAE(gamma=0.99, lmbda=0.95, value_network=value, shifted=shifted,
+                  deactivate_vmap=True)
+        with torch.no_grad(), example.set_recurrent_mode(True):
+            advantages.append(gae(batch.clone())["advantage"])
+    torch.testing.assert_close(advantages[0], advantages[1], atol=1e-5, rtol=1e-5)
