@@ -14,9 +14,14 @@ from pathlib import Path
 
 import torch
 
-from xlstm_rl.cores import CORE_NAMES, make_core
+from xlstm_rl.cores import CORE_NAMES, XLSTMCore, make_core
 from xlstm_rl.kernels import mlstm_chunkwise, mlstm_recurrent, mlstm_step, slstm_sequence
+from xlstm_rl.kernels.reference import mlstm_step_reference
 from xlstm_rl.kernels.timing import time_side_by_side
+
+
+_CORE_OVERRIDES: dict[str, dict[str, str]] = {"xlstm": {"pattern": "ms"}}
+"""The ``xlstm`` stack is timed as ``ms`` (its default ``m`` would repeat the mlstm core)."""
 
 
 def _fwd_bwd(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
@@ -60,7 +65,9 @@ def bench_sequences(device: torch.device, S: int = 1024) -> dict:
 
 def bench_steps(device: torch.device, envs: int = 16, width: int = 128) -> dict:
     """Acting latency for ``envs`` environments: the mLSTM step kernel vs nn.LSTMCell, and the
-    ``step`` of every core at the same width (no autograd, as when acting)."""
+    ``step`` of every core at the same width (no autograd, as when acting). The autograd-capable
+    paths (``mlstm_step_reference``, the xLSTM cores' ``step_reference``) are timed alongside,
+    so the no-grad paths' gains are measured in the same run."""
     q, k, v, i, f = (t.detach()[:, :, 0] for t in _mlstm_inputs(envs, 2, 1, 64, device))
     state = (torch.zeros(envs, 2, 64, 64, device=device), torch.zeros(envs, 2, 64, device=device),
              torch.zeros(envs, 2, device=device))
@@ -69,17 +76,24 @@ def bench_steps(device: torch.device, envs: int = 16, width: int = 128) -> dict:
     hc = (torch.zeros(envs, width, device=device), torch.zeros(envs, width, device=device))
     fns: dict[str, Callable[[], object]] = {
         "mlstm_step": lambda: mlstm_step(q, k, v, i, f, state),
+        "mlstm_step_reference": lambda: mlstm_step_reference(q, k, v, i, f, state),
         "torch_lstm_cell": lambda: cell(x, hc)}
-    cores = {name: make_core(name, width, hidden_size=width).to(device) for name in CORE_NAMES}
+    cores = {name: make_core(name, width, hidden_size=width, **_CORE_OVERRIDES.get(name, {}))
+             .to(device) for name in CORE_NAMES}
     states = {name: c.initial_state(envs, device) for name, c in cores.items()}
     for name, core in cores.items():
         fns[f"core_{name}"] = functools.partial(core.step, x, states[name])
+        if isinstance(core, XLSTMCore):  # the autograd-capable step, as before the no-grad path
+            fns[f"core_{name}_reference"] = functools.partial(core.step_reference, x, states[name])
     with torch.no_grad():
         t = time_side_by_side(fns, device, repeats=50, warmup=5)
     return {
-        "envs": envs, "width": width, "seconds": t,
+        "envs": envs, "width": width, "core_overrides": _CORE_OVERRIDES, "seconds": t,
         "ratios": {
             "mlstm_step_over_lstm_cell": t["mlstm_step"] / t["torch_lstm_cell"],
+            "mlstm_step_reference_over_lstm_cell": t["mlstm_step_reference"] / t["torch_lstm_cell"],
+            **{f"core_{n}_reference_step_over_lstm_core": t[f"core_{n}_reference"] / t["core_lstm"]
+               for n in ("mlstm", "slstm", "xlstm")},
             **{f"core_{n}_step_over_lstm_core": t[f"core_{n}"] / t["core_lstm"]
                for n in CORE_NAMES},
         },

@@ -56,6 +56,12 @@ class XLSTMCore(MemoryCore):
             return self._step_nograd(x, state, reset)
         return self._run(x, state, reset, step=True)
 
+    def step_reference(self, x: Tensor, state: TensorDict | None = None,
+                       reset: Tensor | None = None) -> tuple[Tensor, TensorDict]:
+        """``step`` by the blocks' autograd-capable steps, even without autograd (the map the
+        no-grad path is tested against; benchmarks time it side by side)."""
+        return self._run(x, state, reset, step=True)
+
     def _step_nograd(self, x: Tensor, state: TensorDict | None, reset: Tensor | None
                      ) -> tuple[Tensor, TensorDict]:
         """``step`` without autograd: the blocks' ``step_nograd`` on the state's leaves."""
