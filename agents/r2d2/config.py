@@ -83,13 +83,20 @@ class R2D2Config:
     staleness_every: int = 100
     """Learner updates between two computations of the staleness diagnostic (0: never)."""
     staleness_episodes: int = 16
-    """Recent episodes of env 0 kept (whole) for the staleness diagnostic; the oldest is used."""
+    """Recent episodes of the last env (the greediest actor) kept whole for the staleness
+    diagnostic; the oldest is used."""
     staleness_max_len: int = 2000
     """Longest episode kept for the staleness diagnostic (longer ones are skipped)."""
+    weight_sync_period: int = 25
+    """Ape-X runs (``--actors N``): the learner publishes its weights to the actors every this
+    many updates."""
+    actor_timeout: float = 120.0
+    """Ape-X runs: seconds without word from an actor before the learner reports it gone and
+    goes on without it."""
 
     def __post_init__(self) -> None:
         for name in ("trace_len", "period", "n_step", "target_update_period", "batch_size",
-                     "collect_steps"):
+                     "collect_steps", "weight_sync_period"):
             high = MAX_SEQUENCE if name in ("trace_len", "period", "n_step") else MAX_COUNT
             check_range(name, getattr(self, name), 1, high, integer=True)
         check_range("burn_in", self.burn_in, 0, MAX_SEQUENCE, integer=True)
@@ -105,6 +112,7 @@ class R2D2Config:
             check_range(name, getattr(self, name), 0, 1)
         check_range("importance_exponent", self.importance_exponent, 0, 1)
         check_range("eps_alpha", self.eps_alpha, 0, 1000)
+        check_range("actor_timeout", self.actor_timeout, 0, 1e6, low_open=True)
         if self.max_grad_norm is not None:
             check_range("max_grad_norm", self.max_grad_norm, 0, 1e9, low_open=True)
         if self.period > self.trace_len:

@@ -82,7 +82,8 @@ class SequenceCutter:
         num_envs: Parallel envs.
         burn_in, trace_len, period: Sequence geometry (see :class:`R2D2Config`).
         state_dtype: Storage dtype of the stored states.
-        record_episodes: Whole episodes of env 0 to keep for the staleness diagnostic (0: none).
+        record_episodes: Whole episodes of the last env (the greediest Ape-X actor) to keep for
+            the staleness diagnostic (0: none).
         record_max_len: Longest episode kept.
     """
 
@@ -119,8 +120,8 @@ class SequenceCutter:
             for old in [k for k in window.states if k < max(0, t + 1 - self.burn_in)]:
                 del window.states[old]
         if self.recording:
-            window = self.windows[0]
-            self.record["obs"].append(obs[0].clone())
+            window = self.windows[-1]
+            self.record["obs"].append(obs[-1].clone())
             if window.t in window.states:
                 self.record["starts"][window.t] = window.states[window.t]
 
@@ -149,7 +150,7 @@ class SequenceCutter:
                 for start in sorted(window.starts):
                     out.append(self._emit(i, window, start, last, bool(terminated[i])))
                 self.windows[i] = EnvWindow()
-                if i == 0 and self.recording:
+                if i == self.num_envs - 1 and self.recording:
                     self._end_record()
                 continue
             for start in [s for s in window.starts if window.t - s == self.length - self.burn_in]:
