@@ -52,8 +52,13 @@ class AlgorithmSpec:
     trainer: Ref
     """Callable ``(run_config) -> Trainer`` (see :class:`xlstm_rl.trainer.Trainer`)."""
     policy: Ref
-    """Callable ``(run_config, observation_space, action_space, state, device) -> Policy``
-    building the acting policy from a checkpoint's ``state`` (see :mod:`xlstm_rl.policy`)."""
+    """Callable ``(run_config, observation_space, action_space, state, device, where) ->
+    Policy`` building the acting policy from a checkpoint's ``state`` (see
+    :mod:`xlstm_rl.policy`)."""
+    worker: Ref = None
+    """How the algorithm uses several processes. None: data-parallel, every rank is a trainer
+    (``--nproc N``). Otherwise rank 0 is the trainer (a learner) and every other rank runs
+    this callable ``(run_config, rank, world_size) -> exit code`` (actors; ``--actors N``)."""
 
     def config_class(self) -> type:
         """The config dataclass."""
@@ -67,14 +72,19 @@ class AlgorithmSpec:
         """The acting-policy builder."""
         return _resolve(self.policy)
 
+    def run_worker(self, run_config: Any, rank: int, world_size: int) -> int:
+        """Runs a non-learner rank of a multi-process run (needs :attr:`worker`)."""
+        return int(_resolve(self.worker)(run_config, rank, world_size))
+
 
 _REGISTRY: dict[str, AlgorithmSpec] = {
     "ppo": AlgorithmSpec(name="ppo", config="xlstm_rl.agents.ppo.config:PPOConfig",
                          trainer="xlstm_rl.agents.ppo.trainer:build_trainer",
                          policy="xlstm_rl.agents.ppo.policy:build_policy"),
     "r2d2": AlgorithmSpec(name="r2d2", config="xlstm_rl.agents.r2d2.config:R2D2Config",
-                          trainer="xlstm_rl.agents.r2d2.trainer:build_trainer",
-                          policy="xlstm_rl.agents.r2d2.policy:build_policy"),
+                          trainer="xlstm_rl.agents.r2d2.apex:build_trainer",
+                          policy="xlstm_rl.agents.r2d2.policy:build_policy",
+                          worker="xlstm_rl.agents.r2d2.apex_actor:run_actor"),
 }
 
 

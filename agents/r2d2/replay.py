@@ -12,6 +12,7 @@ sequences get the largest priority seen so far (Schaul et al. 2016), so each is 
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -20,6 +21,8 @@ from torch import Tensor
 from torchrl.data import LazyTensorStorage, PrioritizedSampler, TensorDictReplayBuffer
 
 from .learning import sequence_priority  # noqa: F401  (re-exported)
+
+logging.getLogger("torchrl").setLevel(logging.WARNING)  # no INFO line per storage on stdout
 
 
 class SampleInsertRatio:
@@ -84,12 +87,17 @@ class SequenceReplay:
     def __len__(self) -> int:
         return len(self.buffer)
 
-    def add(self, sequences: TensorDict) -> None:
-        """Inserts sequences ``[n]`` with the largest priority seen so far."""
+    def add(self, sequences: TensorDict, priorities: Tensor | None = None) -> None:
+        """Inserts sequences ``[n]`` with the given initial ``priorities [n]`` (an Ape-X
+        actor's own TD errors) or, by default, the largest priority seen so far."""
         if sequences.batch_size[0] == 0:
             return
         data = sequences.clone(False)
-        data["priority"] = torch.full((data.batch_size[0],), self.max_priority)
+        if priorities is None:
+            data["priority"] = torch.full((data.batch_size[0],), self.max_priority)
+        else:
+            data["priority"] = priorities.detach().to(torch.float32).clamp_min(1e-6).cpu()
+            self.max_priority = max(self.max_priority, float(data["priority"].max()))
         self.buffer.extend(data)
 
     def sample(self, batch_size: int) -> tuple[TensorDict, Tensor, Tensor]:

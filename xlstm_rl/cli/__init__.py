@@ -57,6 +57,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nproc", type=int, metavar="N", help="train data-parallel in N processes "
                    "on this machine (as torchrun --nproc-per-node N -m xlstm_rl train ...); "
                    "env.num_envs is per process")
+    p.add_argument("--actors", type=int, metavar="N", help="actor-learner algorithms (r2d2): N "
+                   "actor processes with their own envs feed one learner (Ape-X)")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:

@@ -48,20 +48,27 @@ def _rank_env(rank: int, nproc: int, port: int) -> dict[str, str]:
     return env
 
 
-def launch_local(nproc: int, train_argv: Sequence[str]) -> int:
+def launch_local(nproc: int, train_argv: Sequence[str], fail_fast: bool = True) -> int:
     """Runs ``xlstm-rl train`` with ``train_argv`` (without ``--nproc``) in ``nproc`` ranks.
 
+    Args:
+        nproc: Processes.
+        train_argv: The arguments after ``train``.
+        fail_fast: Stop every rank when one fails (data-parallel ranks would wait for it
+            forever). False for actor-learner runs: a failed actor is reported by the learner,
+            which goes on; only the learner's failure stops the rest.
+
     Returns:
-        Rank 0's exit code, or that of the first rank that failed. Ctrl-C reaches every rank
-        through the process group; they stop together at the next iteration and rank 0 writes
-        one checkpoint (exit 130).
+        Rank 0's exit code, or (with ``fail_fast``) that of the first rank that failed.
+        Ctrl-C reaches every rank through the process group; rank 0 writes one checkpoint
+        (exit 130).
     """
     port = free_port()
     cmd = [sys.executable, "-m", "xlstm_rl", "train", *without_nproc(train_argv)]
     procs = [subprocess.Popen(cmd, env=_rank_env(rank, nproc, port)) for rank in range(nproc)]
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the ranks decide, not this one
     try:
-        return _wait(procs)
+        return _wait(procs if fail_fast else procs[:1], procs)
     finally:
         signal.signal(signal.SIGINT, previous)
         for proc in procs:
@@ -69,13 +76,16 @@ def launch_local(nproc: int, train_argv: Sequence[str]) -> int:
                 proc.kill()
 
 
-def _wait(procs: list[subprocess.Popen]) -> int:
+def _wait(watched: list[subprocess.Popen], procs: list[subprocess.Popen]) -> int:
+    """Waits for every process; a failure among ``watched`` stops the others."""
     failed_at, code = None, None
     while any(p.poll() is None for p in procs):
-        for p in procs:
+        for p in watched:
             rc = p.poll()
             if rc not in (None, 0, 130, 143) and failed_at is None:
                 failed_at, code = time.monotonic(), rc
+        if failed_at is None and procs[0].poll() is not None:  # rank 0 is done: so is the run
+            failed_at, code = time.monotonic(), procs[0].returncode
         if failed_at is not None and time.monotonic() - failed_at > _GRACE_SECONDS:
             for p in procs:
                 if p.poll() is None:

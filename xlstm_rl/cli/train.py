@@ -142,12 +142,10 @@ def run_train(args: argparse.Namespace) -> int:
             CLI); the checkpoints are left as they were.
     """
     from xlstm_rl.checkpoint import load_checkpoint
-    from xlstm_rl.distributed import launched_by_torchrun
 
-    if (args.nproc or 1) > 1 and not launched_by_torchrun():
-        from xlstm_rl.cli.launch import launch_local
-
-        return launch_local(args.nproc, getattr(args, "argv", [])[1:])
+    scaled = _scale_out(args)
+    if scaled is not None:
+        return scaled
     config, run_dir, resume_from = _resolve(args)
     ckpt = None
     if resume_from is not None:
@@ -171,10 +169,53 @@ def run_train(args: argparse.Namespace) -> int:
             shutdown()
 
 
-def _join_process_group(config: RunConfig) -> Any:
-    """The process-group context (one process unless launched by torchrun)."""
-    from xlstm_rl.distributed import init_from_environment
+def _config_of(args: argparse.Namespace) -> RunConfig:
+    """The run's config, without touching the run directory."""
+    source = args.config or (Path(args.resume) / CONFIG_FILE if args.resume else None)
+    return load_config(source, _overrides(args, load_config(source)[0]))[0]
 
+
+def _scale_out(args: argparse.Namespace) -> int | None:
+    """Starts the processes of a ``--nproc`` / ``--actors`` run, or runs an actor rank; None
+    when this process is a trainer (rank 0 or a data-parallel rank) or the only process."""
+    import os
+
+    from xlstm_rl.algorithms import get_algorithm
+    from xlstm_rl.cli.launch import launch_local
+    from xlstm_rl.distributed import launched_by_torchrun
+
+    if args.nproc is None and args.actors is None and not launched_by_torchrun():
+        return None
+    config = _config_of(args)
+    spec = get_algorithm(config.algo)
+    if args.nproc and spec.worker is not None:
+        raise UserError(f"--nproc is for data-parallel algorithms; {config.algo} scales with "
+                        "--actors N (actor processes feeding one learner)")
+    if args.actors and spec.worker is None:
+        raise UserError(f"--actors is for actor-learner algorithms; {config.algo} scales with "
+                        "--nproc N (data-parallel processes)")
+    for flag, value in (("--nproc", args.nproc), ("--actors", args.actors)):
+        if value is not None and not 1 <= value <= 256:
+            raise UserError(f"{flag} must be between 1 and 256, got {value}")
+    if not launched_by_torchrun():
+        count = args.nproc if spec.worker is None else args.actors + 1
+        if count <= 1:
+            return None
+        return launch_local(count, args.argv[1:], fail_fast=spec.worker is None)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if spec.worker is None or rank == 0:
+        return None
+    return spec.run_worker(config, rank, world)
+
+
+def _join_process_group(config: RunConfig) -> Any:
+    """The process-group context of a data-parallel run (one process otherwise: an
+    actor-learner algorithm's learner talks to its actors by itself)."""
+    from xlstm_rl.algorithms import get_algorithm
+    from xlstm_rl.distributed import DistContext, init_from_environment
+
+    if get_algorithm(config.algo).worker is not None:
+        return DistContext()
     with as_user_error("distributed training", types=(ValueError, RuntimeError)):
         return init_from_environment(config.train.resolved_device())
 
