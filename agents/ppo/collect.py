@@ -107,7 +107,7 @@ class RolloutCollector:
         Ended episodes are added to ``stats`` (or kept in the stepper when None).
         """
         obs, reset = self.obs, self.reset_flags
-        extra = {} if self.sampler is None else {"sampler": self.sampler}
+        extra: dict[str, Any] = {} if self.sampler is None else {"sampler": self.sampler}
         action, log_prob, value, new_state = self.policy.act(obs, self.state, reset,
                                                              generator=self.generator, **extra)
         result = self.stepper.step(self.policy.actor.to_env(action))
