@@ -20,7 +20,7 @@ from xlstm_rl.compare.matrix import Cell
 from xlstm_rl.compare.presets import TASKS
 from xlstm_rl.fileio import atomic_write_text
 
-__all__ = ["RESULTS_DIR", "RESULTS_FILE", "build_row", "load_rows", "read_metrics",
+__all__ = ["EVAL_JSON_KEYS", "RESULTS_DIR", "RESULTS_FILE", "build_row", "last_step", "load_rows",
            "read_row", "write_row", "write_rows_file"]
 
 RESULTS_DIR = "results"
