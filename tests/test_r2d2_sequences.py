@@ -26,7 +26,8 @@ def _run_episode(cutter, length, end, episode=0, final=None):
         state = TensorDict({"h": torch.full((1, 2), float(t))}, batch_size=[1])
         cutter.observe(obs, state, torch.tensor([t == 0]))
         last = t == length - 1
-        term, trunc = torch.tensor([last and end == "term"]), torch.tensor([last and end == "trunc"])
+        term = torch.tensor([last and end == "term"])
+        trunc = torch.tensor([last and end == "trunc"])
         nxt = torch.tensor([[100.0 * (episode + 1) + 1]]) if last else obs + 1
         out += cutter.step(obs, torch.tensor([t % 2]), torch.tensor([float(t)]), term, trunc,
                            nxt, {0: torch.tensor([-7.0])} if last and end == "trunc" else {})
@@ -118,7 +119,8 @@ def _learner_and_batch(burn_in=3):
     B, L = 4, cfg.sequence_len
     state = net.initial_state(B).apply(lambda t: torch.randn_like(t))
     batch = TensorDict({"obs": torch.randn(B, L + 1, 3), "action": torch.randint(2, (B, L)),
-                        "reward": torch.randn(B, L), "terminated": torch.zeros(B, L, dtype=torch.bool),
+                        "reward": torch.randn(B, L),
+                        "terminated": torch.zeros(B, L, dtype=torch.bool),
                         "valid": torch.ones(B, L, dtype=torch.bool),
                         "reset": torch.zeros(B, L + 1, dtype=torch.bool), "state": state},
                        batch_size=[B])

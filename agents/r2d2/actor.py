@@ -15,6 +15,7 @@ from tensordict import TensorDict
 from xlstm_rl.acting import EnvStepper, EpisodeStats
 from xlstm_rl.cores.base import clear_rows
 from xlstm_rl.networks import obs_to_torch
+from xlstm_rl.networks.encoders import Obs
 
 from .config import R2D2Config
 from .networks import R2D2Network
@@ -63,7 +64,7 @@ class Actor:
         self.stepper.reset(seed=seed)
         self.stepper.state = self.network.initial_state(self.stepper.num_envs, self.device)
 
-    def _torch(self, obs: object) -> object:
+    def _torch(self, obs: object) -> Obs:
         return obs_to_torch(obs, self.space, self.device)
 
     @torch.no_grad()
@@ -91,8 +92,8 @@ class Actor:
                                  self.space, "cpu")[0]
                  for i, o in result.final_obs.items()}
         return self.cutter.step(obs.cpu(), action, torch.as_tensor(result.reward),
-                                torch.as_tensor(result.terminated), torch.as_tensor(result.truncated),
-                                next_obs, final)
+                                torch.as_tensor(result.terminated),
+                                torch.as_tensor(result.truncated), next_obs, final)
 
     def take_episode_stats(self) -> EpisodeStats:
         """Episodes that ended since the last call."""

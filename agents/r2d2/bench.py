@@ -11,14 +11,14 @@ Example::
 """
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from tensordict import TensorDict
@@ -45,6 +45,11 @@ def _batch(net: R2D2Network, cfg: R2D2Config, obs_dim: int, device: torch.device
         "terminated": torch.zeros(B, L, dtype=torch.bool),
         "valid": torch.ones(B, L, dtype=torch.bool)}, batch_size=[B]).to(device).update(
             {"state": state})
+
+
+def _act_steps(actor: Actor, steps: int) -> None:
+    for _ in range(steps):
+        actor.step()
 
 
 def bench_r2d2(out_path: str | Path | None,
@@ -81,7 +86,10 @@ def bench_r2d2(out_path: str | Path | None,
                      min_replay=batch_size, replay_capacity=max(batch_size, 1000))
     env = EnvConfig(id=env_id, num_envs=num_envs)
     start = time.perf_counter()
-    learn, act, results, closers = {}, {}, {}, []
+    learn: dict[str, Callable[[], object]] = {}
+    act: dict[str, Callable[[], object]] = {}
+    results: dict[str, dict[str, float]] = {}
+    closers: list[Any] = []
     try:
         for core in cores:
             model = ModelConfig(core=core, hidden_size=hidden_size, encoder_hidden=hidden_size)
@@ -91,12 +99,12 @@ def bench_r2d2(out_path: str | Path | None,
             obs_space, act_space = envs.single_observation_space, envs.single_action_space
             net = R2D2Network(obs_space, act_space, model, cfg.dueling_hidden).to(dev)
             learner = R2D2Learner(net, cfg)
-            batch = _batch(net, cfg, int(np.prod(obs_space.shape)), dev)
-            weights = torch.ones(batch_size)
-            learn[core] = lambda ln=learner, b=batch, w=weights.to(dev): ln.update(b, w)
+            batch = _batch(net, cfg, int(np.prod(obs_space.shape or ())), dev)
+            weights = torch.ones(batch_size).to(dev)
+            learn[core] = functools.partial(learner.update, batch, weights)
             actor = Actor(envs, net, cfg, env_id, dev, torch.Generator().manual_seed(0))
             actor.reset(seed=0)
-            act[core] = lambda a=actor: [a.step() for _ in range(actor_steps)]
+            act[core] = functools.partial(_act_steps, actor, actor_steps)
             size = bytes_per_sequence(obs_space, act_space, model, cfg)
             results[core] = {"replay_bytes_per_sequence": float(size["total"]),
                              "state_bytes_per_sequence": float(size["state"]),

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from xlstm_rl.typed import check_range
 
@@ -49,7 +48,7 @@ class R2D2Config:
     """Adam learning rate."""
     adam_eps: float = 1e-3
     """Adam epsilon."""
-    max_grad_norm: Optional[float] = 40.0
+    max_grad_norm: float | None = 40.0
     """Global gradient-norm clipping (Ape-X's 40; null: no clipping)."""
     batch_size: int = 64
     """Sequences per learner update."""

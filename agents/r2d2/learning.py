@@ -191,7 +191,7 @@ class R2D2Learner:
         grad_norm = nn.utils.clip_grad_norm_(params, max_norm)
         _check_finite("gradient norm", grad_norm, step)
         self.optimizer.step()
-        _check_finite("parameters", torch.stack(torch._foreach_norm(params)), step)
+        _check_finite("parameters", torch.stack(torch._foreach_norm(list[Tensor](params))), step)
         self.updates = step
         if step % self.cfg.target_update_period == 0:
             self.sync_target()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from typing import cast
+
 import numpy as np
 import torch
 from gymnasium import spaces
@@ -111,6 +113,7 @@ class R2D2Network(nn.Module):
         space = self.action_space
         if isinstance(space, spaces.Discrete):
             return flat + int(space.start)
+        space = cast(spaces.MultiDiscrete, space)  # the only other kind __init__ accepts
         parts = np.stack(np.unravel_index(flat, tuple(int(n) for n in space.nvec)), axis=-1)
         return (parts + np.asarray(space.start, dtype=np.int64)).astype(space.dtype)
 
@@ -120,6 +123,7 @@ class R2D2Network(nn.Module):
         arr = np.asarray(actions, dtype=np.int64)
         if isinstance(space, spaces.Discrete):
             return torch.as_tensor(arr - int(space.start))
+        space = cast(spaces.MultiDiscrete, space)
         parts = arr - np.asarray(space.start, dtype=np.int64)
         nvec = tuple(int(n) for n in space.nvec)
         return torch.as_tensor(np.ravel_multi_index(tuple(parts.T), nvec))

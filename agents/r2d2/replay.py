@@ -5,7 +5,8 @@ the only module of the library that imports it, and only the R2D2 trainer import
 
 Priorities follow R2D2 (Kapturowski et al. 2019, Sec. 2.3): a sequence's priority is
 ``eta * max_t |td_t| + (1 - eta) * mean_t |td_t|`` over its trained steps
-(:func:`.learning.sequence_priority`); it is sampled with probability ``p ** alpha / sum p ** alpha``
+(:func:`.learning.sequence_priority`); it is sampled with probability
+``p ** alpha / sum p ** alpha``
 (alpha = ``priority_exponent``, 0.9) and its loss weighted by ``(N P(i)) ** -beta``
 (beta = ``importance_exponent``, 0.6) divided by the largest weight of the batch. New
 sequences get the largest priority seen so far (Schaul et al. 2016), so each is sampled soon.

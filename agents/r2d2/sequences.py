@@ -244,7 +244,8 @@ class SequenceCutter:
                           starts={int(k): (int(v["first"]), state(v["state"]))
                                   for k, v in s["starts"].items()})
             if "obs" in s:
-                w.obs, w.action, w.reward = list(obs(s["obs"])), list(s["action"]), list(s["reward"])
+                w.obs, w.action = list(obs(s["obs"])), list(s["action"])
+                w.reward = list(s["reward"])
             self.windows[i] = w
         self.episodes.clear()
         for e in saved.get("episodes", []):

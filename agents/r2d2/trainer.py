@@ -103,7 +103,9 @@ class R2D2Trainer:
             TrainingFault: Non-finite loss / gradient / parameter, or an env fault.
         """
         t0 = time.perf_counter()
-        learn_time, sums, count, extra = 0.0, {}, 0, {}
+        learn_time, count = 0.0, 0
+        sums: dict[str, float] = {}
+        extra: dict[str, float] = {}
         for _ in range(self.cfg.collect_steps):
             sequences = self.actor.step()
             if sequences:
@@ -114,7 +116,8 @@ class R2D2Trainer:
                 for key, value in self._update().items():
                     sums[key] = sums.get(key, 0.0) + value
                 count += 1
-                if self.cfg.staleness_every and self.learner.updates % self.cfg.staleness_every == 0:
+                every = self.cfg.staleness_every
+                if every and self.learner.updates % every == 0:
                     extra.update(self._staleness())
             learn_time += time.perf_counter() - t1
         elapsed = time.perf_counter() - t0
@@ -122,7 +125,8 @@ class R2D2Trainer:
         self.iteration += 1
         metrics = {**self.actor.take_episode_stats().summary(),
                    **{k: v / count for k, v in sums.items()}, **extra,
-                   "r2d2/updates": float(self.learner.updates), "r2d2/updates_this_iter": float(count),
+                   "r2d2/updates": float(self.learner.updates),
+                   "r2d2/updates_this_iter": float(count),
                    "replay/size": float(len(self.replay)),
                    "replay/samples_per_insert": self.limiter.ratio(),
                    "perf/sps": self.steps_per_iteration / elapsed,
@@ -218,7 +222,8 @@ class R2D2Trainer:
         restore_envs(self.envs, env_snapshot_from_state(saved["envs"], self.envs.num_envs))
         counters = saved["counters"]
         self.global_step, self.iteration = int(counters["global_step"]), int(counters["iteration"])
-        self.total_steps, self.learner.updates = int(counters["total_steps"]), int(counters["updates"])
+        self.total_steps = int(counters["total_steps"])
+        self.learner.updates = int(counters["updates"])
 
     def close(self) -> None:
         """Closes the envs (the logger belongs to the caller)."""
