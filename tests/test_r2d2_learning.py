@@ -54,16 +54,19 @@ def test_mlp_stays_at_chance_on_the_tmaze():
 
 @pytest.mark.slow
 def test_mlstm_balances_cartpole():
+    # seed 0 reaches 500 on 100 held-out episodes at 51,200 env steps (~2.5 min on a busy
+    # 2-core CPU); evaluations every 10,240 steps screen on 16 episodes and confirm on 100
     from xlstm_rl.agents.r2d2.trainer import build_trainer
 
     config, _ = load_config("r2d2-mlstm-cartpole", ["train.seed=0"])
+    torch.set_num_threads(1)
     trainer = build_trainer(config)
     best = 0.0
     try:
-        while trainer.global_step < 300_000 and best < 475:
+        while trainer.global_step < 160_000 and best < 475:
             trainer.train_iteration()
-            if trainer.iteration % 50 == 0:
-                best = max(best, trainer.evaluate(16)["mean_return"])
+            if trainer.global_step % 10_240 == 0 and trainer.evaluate(16)["mean_return"] >= 475:
+                best = max(best, trainer.evaluate(100)["mean_return"])
     finally:
         trainer.close()
-    assert best >= 475, best
+    assert best >= 475, (best, trainer.global_step)
