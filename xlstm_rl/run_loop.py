@@ -31,7 +31,8 @@ from xlstm_rl.config import RunConfig
 from xlstm_rl.distributed import DistContext
 from xlstm_rl.errors import StopRequested, TrainingFault
 from xlstm_rl.fileio import atomic_write_text, remove_stale_temp_files
-from xlstm_rl.rundir import CHECKPOINT_DIR, EVAL_FILE, METRICS_FILE, TB_DIR, checkpoint_path
+from xlstm_rl.rundir import (CHECKPOINT_DIR, EVAL_FILE, METRICS_FILE, TB_DIR, checkpoint_path,
+                             read_metrics)
 from xlstm_rl.trainer import Trainer
 
 __all__ = ["INTERRUPT_EXIT", "RunLoop", "RunState", "checkpoint_state", "restore_trainer",
@@ -102,20 +103,6 @@ def _finite(value: Any) -> float | None:
 
 def _due(step: int, last: int, every: int) -> bool:
     return every > 0 and step // every > max(last, 0) // every
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The rows of a ``metrics.jsonl``; a torn or unreadable line (from a kill) is skipped."""
-    rows = []
-    if path.is_file():
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
 
 
 class RunLoop:

@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from xlstm_rl.errors import RunDirError
 from xlstm_rl.version import __version__
@@ -37,6 +38,23 @@ EVAL_FILE = "eval.json"
 MARKER_FILE = ".xlstm-rl-run"
 _TOP_FILES = frozenset({CONFIG_FILE, METRICS_FILE, EVAL_FILE, MARKER_FILE})
 _TMP = re.compile(r"^\..+\.tmp\d+$")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl``; a line torn by a kill is skipped (missing file: [])."""
+    rows: list[dict[str, Any]] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return rows
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def default_run_dir(name: str, root: str | Path = "runs") -> Path:

@@ -19,6 +19,7 @@ from typing import Any
 from xlstm_rl.compare.matrix import Cell
 from xlstm_rl.compare.presets import TASKS
 from xlstm_rl.fileio import atomic_write_text
+from xlstm_rl.rundir import read_metrics
 
 __all__ = ["EVAL_JSON_KEYS", "RESULTS_DIR", "RESULTS_FILE", "build_row", "last_step", "load_rows",
            "read_row", "write_row", "write_rows_file"]
@@ -38,23 +39,6 @@ def _finite(value: Any) -> float | None:
     if isinstance(value, (int, float)) and math.isfinite(value):
         return float(value)
     return None
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The rows of a ``metrics.jsonl`` (a torn or invalid line is skipped; missing: [])."""
-    rows: list[dict[str, Any]] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return rows
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 def last_step(path: Path) -> int:
