@@ -26,7 +26,8 @@ import numpy as np
 from xlstm_rl.envs import episode_success
 from xlstm_rl.errors import EnvFault
 
-__all__ = ["EnvStepper", "EpisodeStats", "StepResult", "check_observation"]
+__all__ = ["EnvStepper", "EpisodeStats", "StepResult", "build_training_envs",
+           "check_observation"]
 
 
 @dataclass
@@ -192,6 +193,22 @@ class EnvStepper:
         """The statistics gathered since the last call (and starts a new collection)."""
         stats, self.episodes = self.episodes, EpisodeStats()
         return stats
+
+
+def build_training_envs(env: Any, seed: int) -> gym.vector.VectorEnv:
+    """The training vector env of an ``EnvConfig``: same-step autoreset, and the exact-resume
+    episode log (:class:`~xlstm_rl.envs.episode_log.EpisodeReplay`) outermost on every sub-env.
+
+    Args:
+        env: The ``EnvConfig`` (id, num_envs, vectorization, wrappers, kwargs).
+        seed: Base seed (sub-env ``j`` gets ``seed + j``).
+    """
+    from xlstm_rl.envs import make_vec_env
+    from xlstm_rl.envs.episode_log import EpisodeReplay
+
+    wrappers = (*env.wrappers, EpisodeReplay)
+    return make_vec_env(env.id, env.num_envs, vectorization=env.vectorization, seed=seed,
+                        wrappers=wrappers, autoreset_mode="same_step", **dict(env.kwargs))
 
 
 def _first_line(exc: BaseException) -> str:

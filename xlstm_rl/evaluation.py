@@ -22,7 +22,7 @@ from xlstm_rl.envs import episode_success
 from xlstm_rl.errors import StopRequested
 from xlstm_rl.trainer import StopCheck
 
-__all__ = ["DEFAULT_MAX_EPISODE_STEPS", "evaluate_policy", "summarize"]
+__all__ = ["DEFAULT_MAX_EPISODE_STEPS", "evaluate_on_fresh_envs", "evaluate_policy", "summarize"]
 
 DEFAULT_MAX_EPISODE_STEPS = 100_000
 """Step cap of one evaluation episode when none is given."""
@@ -109,3 +109,26 @@ def evaluate_policy(policy: Any, envs: gym.vector.VectorEnv, episodes: int, *,
     out = summarize(returns, lengths, successes)
     out["capped_episodes"] = float(capped)
     return out
+
+
+def evaluate_on_fresh_envs(policy: Any, env: Any, episodes: int, *,
+                           num_envs: int | None = None, **options: Any) -> dict[str, float]:
+    """:func:`evaluate_policy` on new envs of an ``EnvConfig`` (its id, wrappers and kwargs,
+    same-step autoreset), closed afterwards; training envs are never touched.
+
+    Args:
+        policy: As for :func:`evaluate_policy`.
+        env: The ``EnvConfig``.
+        episodes: Episodes to run.
+        num_envs: Parallel envs (default ``min(episodes, 16)``).
+        **options: ``deterministic``, ``seed``, ``max_episode_steps``, ``should_stop``.
+    """
+    from xlstm_rl.envs import make_vec_env
+
+    n = num_envs if num_envs is not None else min(int(episodes), 16)
+    envs = make_vec_env(env.id, n, seed=None, wrappers=env.wrappers,
+                        autoreset_mode="same_step", **dict(env.kwargs))
+    try:
+        return evaluate_policy(policy, envs, episodes, env_id=env.id, **options)
+    finally:
+        envs.close()

@@ -223,21 +223,15 @@ class RunLoop:
         Raises:
             StopRequested: A stop signal arrived during the evaluation.
         """
-        from xlstm_rl.envs import make_vec_env
-        from xlstm_rl.evaluation import evaluate_policy
+        from xlstm_rl.evaluation import evaluate_on_fresh_envs
 
         train, env, step = self.config.train, self.config.env, self.trainer.global_step
-        n = train.eval_num_envs or min(train.eval_episodes, 16)
-        envs = make_vec_env(env.id, n, seed=None, wrappers=env.wrappers,
-                            autoreset_mode="same_step", **dict(env.kwargs))
-        try:
-            result = evaluate_policy(self.trainer.acting_policy(), envs, train.eval_episodes,
-                                     deterministic=train.eval_deterministic,
-                                     seed=train.seed + 10_000,
-                                     max_episode_steps=train.eval_max_episode_steps,
-                                     should_stop=self._cut_work_in_progress, env_id=env.id)
-        finally:
-            envs.close()
+        result = evaluate_on_fresh_envs(self.trainer.acting_policy(), env, train.eval_episodes,
+                                        num_envs=train.eval_num_envs,
+                                        deterministic=train.eval_deterministic,
+                                        seed=train.seed + 10_000,
+                                        max_episode_steps=train.eval_max_episode_steps,
+                                        should_stop=self._cut_work_in_progress)
         self.last_eval = result
         self._update_state(last_eval_step=step)
         tags = {"eval/return_mean": result["mean_return"], "eval/return_std": result["std_return"],

@@ -24,15 +24,18 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
+from xlstm_rl.acting import build_training_envs as build_envs
 from xlstm_rl.distributed import DistContext
-from xlstm_rl.envs import make_vec_env
-from xlstm_rl.envs.episode_log import EpisodeReplay, restore_envs, snapshot_envs
-from xlstm_rl.evaluation import DEFAULT_MAX_EPISODE_STEPS, evaluate_policy
+from xlstm_rl.envs.episode_log import restore_envs, snapshot_envs
+from xlstm_rl.evaluation import DEFAULT_MAX_EPISODE_STEPS, evaluate_on_fresh_envs
 from xlstm_rl.logging import MetricLogger
 from xlstm_rl.networks import ActorCritic, is_image
 from xlstm_rl.numerics import check_finite_losses, check_finite_parameters
 from xlstm_rl.obs_norm import ObsNormalizer
 from xlstm_rl.schema import EnvConfig, ModelConfig
+from xlstm_rl.train_state import (env_snapshot_from_state, env_snapshot_to_state,
+                                  optimizer_from_state, optimizer_to_state, rng_from_state,
+                                  rng_to_state)
 from xlstm_rl.trainer import StopCheck
 
 from .buffer import RolloutBuffer
@@ -40,20 +43,11 @@ from .collect import RolloutCollector
 from .config import PPOConfig
 from .data_parallel import DataParallel, GlobalObsNormalizer
 from .loss import explained_variance, ppo_loss
-from .state import (collector_from_state, collector_to_state, env_snapshot_from_state,
-                    env_snapshot_to_state, optimizer_from_state, optimizer_to_state,
-                    rng_from_state, rng_to_state)
+from .state import collector_from_state, collector_to_state
 
 
 _LOSS_STATS = ("loss/policy", "loss/value", "loss/entropy", "ppo/approx_kl",
                "ppo/clip_fraction")
-
-
-def build_envs(env: EnvConfig, seed: int) -> gym.vector.VectorEnv:
-    """The training vector env (same-step autoreset, :class:`EpisodeReplay` outermost)."""
-    wrappers = (*env.wrappers, EpisodeReplay)
-    return make_vec_env(env.id, env.num_envs, vectorization=env.vectorization, seed=seed,
-                        wrappers=wrappers, autoreset_mode="same_step", **dict(env.kwargs))
 
 
 def build_trainer(config: Any) -> PPOTrainer:
@@ -282,16 +276,10 @@ class PPOTrainer:
             ``capped_episodes`` and ``success_rate`` when the env reports ``success``.
         """
         env = self.env_cfg if env_id in (None, self.env_cfg.id) else EnvConfig(id=env_id)
-        n = num_envs if num_envs is not None else min(int(episodes), 16)
-        envs = make_vec_env(env.id, n, seed=None, wrappers=env.wrappers,
-                            autoreset_mode="same_step", **dict(env.kwargs))
-        try:
-            return evaluate_policy(self.acting_policy(), envs, episodes,
-                                   deterministic=deterministic,
-                                   seed=self.seed + 10_000 if seed is None else seed,
-                                   max_episode_steps=max_episode_steps, env_id=env.id)
-        finally:
-            envs.close()
+        return evaluate_on_fresh_envs(self.acting_policy(), env, episodes, num_envs=num_envs,
+                                      deterministic=deterministic,
+                                      seed=self.seed + 10_000 if seed is None else seed,
+                                      max_episode_steps=max_episode_steps)
 
     def env_snapshot(self) -> dict[str, dict[str, Any]]:
         """State of every training sub-env as ``{"0": {"base_seed", "episode", "actions"}, ...}``
@@ -308,7 +296,8 @@ class PPOTrainer:
         with optimizer, RNG, collector, env snapshots and counters."""
         trainer = {
             "optimizer": optimizer_to_state(self.optimizer),
-            "rng": rng_to_state(self.generator, self.action_generator),
+            "rng": rng_to_state({"generator": self.generator,
+                                 "action_generator": self.action_generator}),
             "collector": collector_to_state(self.collector, self.parallel),
             "envs": self.parallel.gather_envs(self.env_snapshot(), self.envs.num_envs),
             "counters": {"global_step": self.global_step, "iteration": self.iteration,
@@ -337,7 +326,9 @@ class PPOTrainer:
         check_weights(self.policy, state["policy"], "checkpoint")
         self.policy.load_state_dict(state["policy"])
         optimizer_from_state(self.optimizer, saved["optimizer"])
-        rng_from_state(self.generator, self.action_generator, saved["rng"])
+        rng_from_state(saved["rng"], {"generator": self.generator,
+                                      "action_generator": self.action_generator},
+                       optional=("action_generator",))
         if self.normalizer is not None:
             try:
                 self.normalizer.load_state_dict(state["obs_norm"])

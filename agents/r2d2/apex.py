@@ -180,7 +180,7 @@ class ApexLearner:
 
     def state_dict(self) -> dict[str, Any]:
         """The learner's state in the checkpoint layout (no actor or env state)."""
-        from xlstm_rl.agents.ppo.state import optimizer_to_state
+        from xlstm_rl.train_state import optimizer_to_state
 
         def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
             return {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -196,7 +196,7 @@ class ApexLearner:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores the learner (actors start fresh envs)."""
-        from xlstm_rl.agents.ppo.state import optimizer_from_state
+        from xlstm_rl.train_state import optimizer_from_state
 
         saved = state["trainer"]
         load_checked(self.network, state["policy"], "policy weights")

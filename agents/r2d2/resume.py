@@ -13,31 +13,6 @@ from xlstm_rl.checkpoint import CheckpointError
 from .actor import Actor
 
 
-def rng_to_state(actor_generator: torch.Generator) -> dict[str, Any]:
-    """Torch's global (CPU, CUDA) and numpy's global RNG, and the exploration generator."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(), "actor": actor_generator.get_state(),
-        "numpy_keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-        "numpy_pos": int(pos), "numpy_has_gauss": int(has_gauss),
-        "numpy_cached_gaussian": float(cached), "numpy_kind": str(kind)}
-    if torch.cuda.is_available():
-        state["cuda"] = {str(j): s for j, s in enumerate(torch.cuda.get_rng_state_all())}
-    return state
-
-
-def rng_from_state(actor_generator: torch.Generator, saved: dict[str, Any]) -> None:
-    """Restores :func:`rng_to_state` output."""
-    torch.set_rng_state(saved["torch"].to(torch.uint8))
-    actor_generator.set_state(saved["actor"].to(torch.uint8))
-    keys = saved["numpy_keys"].numpy().astype(np.uint32)
-    np.random.set_state((str(saved["numpy_kind"]), keys, int(saved["numpy_pos"]),
-                         int(saved["numpy_has_gauss"]), float(saved["numpy_cached_gaussian"])))
-    if "cuda" in saved and torch.cuda.is_available():
-        states = [saved["cuda"][str(j)].to(torch.uint8) for j in range(len(saved["cuda"]))]
-        torch.cuda.set_rng_state_all(states[:torch.cuda.device_count()])
-
-
 def _plain_obs(obs: Any) -> Any:
     if isinstance(obs, dict):
         return {str(k): _plain_obs(v) for k, v in obs.items()}

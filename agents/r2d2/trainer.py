@@ -22,27 +22,20 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from xlstm_rl.envs import make_vec_env
-from xlstm_rl.envs.episode_log import EpisodeReplay, restore_envs, snapshot_envs
-from xlstm_rl.evaluation import evaluate_policy
+from xlstm_rl.acting import build_training_envs as build_envs
+from xlstm_rl.envs.episode_log import restore_envs, snapshot_envs
+from xlstm_rl.evaluation import evaluate_on_fresh_envs
 from xlstm_rl.schema import EnvConfig, ModelConfig
+from xlstm_rl.train_state import (env_snapshot_from_state, env_snapshot_to_state,
+                                  optimizer_from_state, optimizer_to_state, rng_from_state,
+                                  rng_to_state)
 
 from .actor import Actor
 from .config import R2D2Config
 from .learning import R2D2Learner, staleness
 from .networks import R2D2Network
 from .replay import SampleInsertRatio, SequenceReplay
-from .resume import (actor_from_state, actor_to_state, load_checked, rng_from_state,
-                     rng_to_state)
-from xlstm_rl.agents.ppo.state import (env_snapshot_from_state, env_snapshot_to_state,
-                                       optimizer_from_state, optimizer_to_state)
-
-
-def build_envs(env: EnvConfig, seed: int) -> gym.vector.VectorEnv:
-    """The training vector env (same-step autoreset, :class:`EpisodeReplay` outermost)."""
-    wrappers = (*env.wrappers, EpisodeReplay)
-    return make_vec_env(env.id, env.num_envs, vectorization=env.vectorization, seed=seed,
-                        wrappers=wrappers, autoreset_mode="same_step", **dict(env.kwargs))
+from .resume import actor_from_state, actor_to_state, load_checked
 
 
 class R2D2Trainer:
@@ -170,16 +163,11 @@ class R2D2Trainer:
                  num_envs: int | None = None) -> dict[str, float]:
         """Runs ``episodes`` episodes of the greedy policy on fresh envs (see
         :func:`xlstm_rl.evaluation.evaluate_policy`); ``seed`` defaults to ``seed + 10_000``."""
-        env = self.env_cfg
-        n = num_envs if num_envs is not None else min(int(episodes), 16)
-        envs = make_vec_env(env.id, n, seed=None, wrappers=env.wrappers,
-                            autoreset_mode="same_step", **dict(env.kwargs))
         try:
-            return evaluate_policy(self.acting_policy(), envs, episodes,
-                                   deterministic=deterministic, env_id=env.id,
-                                   seed=self.seed + 10_000 if seed is None else seed)
+            return evaluate_on_fresh_envs(self.acting_policy(), self.env_cfg, episodes,
+                                          num_envs=num_envs, deterministic=deterministic,
+                                          seed=self.seed + 10_000 if seed is None else seed)
         finally:
-            envs.close()
             self.network.train()
 
     def state_dict(self) -> dict[str, Any]:
@@ -188,7 +176,7 @@ class R2D2Trainer:
         return {"policy": weights(self.network), "obs_norm": {}, "trainer": {
             "target": weights(self.learner.target),
             "optimizer": optimizer_to_state(self.learner.optimizer),
-            "rng": rng_to_state(self.actor_generator),
+            "rng": rng_to_state({"actor": self.actor_generator}),
             "replay": self.replay.state_dict(include_data=self.cfg.save_replay),
             "limiter": {"inserted": self.limiter.inserted, "sampled": self.limiter.sampled},
             "actor": actor_to_state(self.actor),
@@ -208,7 +196,7 @@ class R2D2Trainer:
         load_checked(self.network, state["policy"], "policy weights")
         load_checked(self.learner.target, saved["target"], "target weights")
         optimizer_from_state(self.learner.optimizer, saved["optimizer"])
-        rng_from_state(self.actor_generator, saved["rng"])
+        rng_from_state(saved["rng"], {"actor": self.actor_generator})
         self.replay.load_state_dict(saved["replay"])
         if "data" in saved["replay"]:
             self.limiter.inserted = int(saved["limiter"]["inserted"])
