@@ -76,6 +76,13 @@ def _overrides(args: argparse.Namespace, base: RunConfig | None = None) -> list[
     return items
 
 
+def _config_of(args: argparse.Namespace) -> tuple[RunConfig, str]:
+    """The run's config (CONFIG, else the resumed run's ``config.yaml``, else the default)
+    with the overrides, and its name; touches no run directory."""
+    source = args.config or (Path(args.resume) / CONFIG_FILE if args.resume else None)
+    return load_config(source, _overrides(args, load_config(source)[0]))
+
+
 def _resolve(args: argparse.Namespace) -> tuple[RunConfig, Path, Path | None]:
     """The config, the run directory and (on resume) the checkpoint to continue from."""
     if args.resume is not None:
@@ -89,10 +96,8 @@ def _resolve(args: argparse.Namespace) -> tuple[RunConfig, Path, Path | None]:
         latest = checkpoint_path(run_dir, "latest")
         if not latest.is_file():
             raise UserError(f"cannot resume {run_dir}: it has no checkpoints/latest.safetensors")
-        source = args.config or run_dir / CONFIG_FILE
-        config, _ = load_config(source, _overrides(args, load_config(source)[0]))
-        return config, run_dir, latest
-    config, name = load_config(args.config, _overrides(args, load_config(args.config)[0]))
+        return _config_of(args)[0], run_dir, latest
+    config, name = _config_of(args)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(name)
     check_new_run_dir(run_dir, overwrite=args.overwrite)  # before any work: fail fast
     return config, run_dir, None
@@ -169,12 +174,6 @@ def run_train(args: argparse.Namespace) -> int:
             shutdown()
 
 
-def _config_of(args: argparse.Namespace) -> RunConfig:
-    """The run's config, without touching the run directory."""
-    source = args.config or (Path(args.resume) / CONFIG_FILE if args.resume else None)
-    return load_config(source, _overrides(args, load_config(source)[0]))[0]
-
-
 def _scale_out(args: argparse.Namespace) -> int | None:
     """Starts the processes of a ``--nproc`` / ``--actors`` run, or runs an actor rank; None
     when this process is a trainer (rank 0 or a data-parallel rank) or the only process."""
@@ -186,7 +185,7 @@ def _scale_out(args: argparse.Namespace) -> int | None:
 
     if args.nproc is None and args.actors is None and not launched_by_torchrun():
         return None
-    config = _config_of(args)
+    config = _config_of(args)[0]
     spec = get_algorithm(config.algo)
     if args.nproc and spec.worker is not None:
         raise UserError(f"--nproc is for data-parallel algorithms; {config.algo} scales with "
