@@ -24,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 
 from xlstm_rl.envs import episode_success
-from xlstm_rl.errors import EnvFault
+from xlstm_rl.errors import EnvFault, first_line
 
 __all__ = ["EnvStepper", "EpisodeStats", "StepResult", "build_training_envs",
            "check_observation"]
@@ -135,7 +135,7 @@ class EnvStepper:
             obs, _ = self.envs.reset(seed=seed)
         except (ValueError, TypeError, IndexError, AssertionError) as exc:
             raise EnvFault(f"{self._where()} failed in reset: {type(exc).__name__}: "
-                           f"{_first_line(exc)}") from exc
+                           f"{first_line(exc, 200)}") from exc
         check_observation(self.space, obs, self._where())
         self.obs, self.steps = obs, 0
         self.reset_flags[:] = True
@@ -156,7 +156,7 @@ class EnvStepper:
             obs, reward, terminated, truncated, infos = self.envs.step(actions)
         except (ValueError, TypeError, IndexError, AssertionError) as exc:
             raise EnvFault(f"{self._where()} failed in step: {type(exc).__name__}: "
-                           f"{_first_line(exc)} (its observation space is {self.space})"
+                           f"{first_line(exc, 200)} (its observation space is {self.space})"
                            ) from exc
         reward = np.asarray(reward, dtype=np.float64)
         bad = ~np.isfinite(reward)
@@ -209,10 +209,3 @@ def build_training_envs(env: Any, seed: int) -> gym.vector.VectorEnv:
     wrappers = (*env.wrappers, EpisodeReplay)
     return make_vec_env(env.id, env.num_envs, vectorization=env.vectorization, seed=seed,
                         wrappers=wrappers, autoreset_mode="same_step", **dict(env.kwargs))
-
-
-def _first_line(exc: BaseException) -> str:
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()[:200]
-    return "(no message)"

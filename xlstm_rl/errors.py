@@ -6,7 +6,7 @@ that raise them re-export them (``xlstm_rl.checkpoint.CheckpointError`` is the s
 """
 from __future__ import annotations
 
-__all__ = ["USER_ERRORS", "CheckpointError", "ConfigError", "EnvFault",
+__all__ = ["USER_ERRORS", "CheckpointError", "ConfigError", "EnvFault", "first_line",
            "NonFiniteCheckpointError", "RunDirError", "SpaceError", "StopRequested",
            "TrainingFault", "UserError"]
 
@@ -47,6 +47,16 @@ class EnvFault(TrainingFault):
 
 class StopRequested(Exception):
     """Raised inside an iteration or an evaluation once SIGINT / SIGTERM asked the run to stop."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message, cut to ``limit`` characters with an
+    ellipsis (its type name when the message is empty)."""
+    for line in str(exc)[:100 * limit].splitlines():
+        if line.strip():
+            line = line.strip()
+            return line if len(line) <= limit else line[:limit - 3] + "..."
+    return type(exc).__name__
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ConfigError, CheckpointError,

@@ -13,6 +13,7 @@ import torch
 from tensordict import TensorDict
 
 from xlstm_rl.acting import EpisodeStats
+from xlstm_rl.errors import first_line
 
 from . import apex_endpoint as mailbox
 from .actor import Actor, ape_x_epsilons
@@ -109,8 +110,8 @@ def run_actor(run_config: Any, rank: int, world_size: int) -> int:
         finished = True
         return 0
     except RuntimeError as exc:  # the learner is gone (it ended, or failed)
-        first = next((line for line in str(exc).splitlines() if line.strip()), "")
-        print(f"actor {rank}: stopping, the learner cannot be reached ({first[:160]})",
+        print(f"actor {rank}: stopping, the learner cannot be reached "
+              f"({first_line(exc, 160)})",
               file=sys.stderr, flush=True)
         return 1
     finally:

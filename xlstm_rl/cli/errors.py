@@ -5,7 +5,7 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
-from xlstm_rl.errors import USER_ERRORS, UserError
+from xlstm_rl.errors import USER_ERRORS, UserError, first_line
 
 __all__ = ["EXIT_USER_ERROR", "USER_ERRORS", "UserError", "as_user_error", "check_device",
            "one_line", "report"]
@@ -21,12 +21,7 @@ MAX_MESSAGE = 300
 def one_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message (its type name if it has none),
     cut to :data:`MAX_MESSAGE` characters."""
-    text = str(exc)
-    for line in text[:100 * MAX_MESSAGE].splitlines():
-        if line.strip():
-            line = line.strip()
-            return line if len(line) <= MAX_MESSAGE else line[:MAX_MESSAGE - 3] + "..."
-    return type(exc).__name__
+    return first_line(exc, MAX_MESSAGE)
 
 
 def report(exc: BaseException) -> int:
