@@ -3,7 +3,6 @@ values, the matrix from presets and the registry, resume decisions, Ctrl-C forwa
 stand-in child process), and the report built from fabricated rows."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -17,7 +16,7 @@ from xlstm_rl.algorithms import (AlgorithmSpec, algorithm_names, register_algori
                                  unregister_algorithm)
 from xlstm_rl.compare import runner as runner_module
 from xlstm_rl.compare.matrix import Cell, build_matrix
-from xlstm_rl.compare.presets import ALL_CORES, PRESETS, TASKS
+from xlstm_rl.compare.presets import ALL_CORES, PRESETS, TASKS, Preset, TaskPlan
 from xlstm_rl.compare.report import render_markdown, write_report
 from xlstm_rl.compare.rows import build_row, write_row
 from xlstm_rl.compare.runner import cell_action, run_cells
@@ -64,7 +63,9 @@ def test_matrix_takes_algorithms_from_the_registry_and_skips_missing_configs() -
     toy = AlgorithmSpec(name="toy", config="x:y", trainer="x:y", policy="x:y")
     register_algorithm(toy)
     try:
-        every = dataclasses.replace(PRESETS["full"], algos=None)
+        every = Preset(name="both", description="both memory tasks", algos=None,
+                       plans=(TaskPlan("tmaze", (10,), 4096, 4096),
+                              TaskPlan("recall", (10,), 4096, 4096)))
         cells, notes = build_matrix(every, seeds=1, lengths=[10])
     finally:
         unregister_algorithm("toy")
