@@ -17,4 +17,5 @@ editors, type checkers and a bare ``PYTHONPATH=<repo>`` all resolve without an i
 from setuptools import find_packages, setup
 
 setup(packages=find_packages(include=["xlstm_rl", "xlstm_rl.*"]),
-      package_data={"xlstm_rl.configs": ["*.yaml"]}, include_package_data=True)
+      package_data={"xlstm_rl.configs": ["*.yaml"], "xlstm_rl.kernels.cpu": ["*.c", "*.h"]},
+      include_package_data=True)

@@ -19,6 +19,7 @@ from .reference import (MLSTMState, SLSTMState, mlstm_chunkwise_fused, mlstm_ste
                         slstm_sequence_fused, slstm_step_reference)
 from .reference import mlstm_recurrent as _mlstm_recurrent_reference
 from .reference.mlstm_step_fast import mlstm_step_nograd
+from .cpu import mlstm_cell_step
 
 BACKENDS = ("auto", "reference", "triton")
 
@@ -146,14 +147,19 @@ def mlstm_step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
                backend: str = "auto") -> tuple[Tensor, MLSTMState]:
     """One mLSTM step (acting path): q, k ``[B,H,Dk]``, v ``[B,H,Dv]``, i, f ``[B,H]``.
 
-    The reference backend runs ``mlstm_step_nograd`` (same floats, fewer and in-place ops)
-    when no input needs a gradient, else ``mlstm_step_reference``.
+    The reference backend runs, when no input needs a gradient, the compiled CPU kernel
+    (:mod:`xlstm_rl.kernels.cpu`, one call) on CPU tensors where it is available, else
+    ``mlstm_step_nograd`` (fewer and in-place ops); with gradients ``mlstm_step_reference``.
     """
     _check_mlstm(q, k, v, i, f, reset, step=True, state=state)
     if resolve_backend(backend, q.device) == "triton":
         return _triton_ops().mlstm_step(q, k, v, i, f, state, reset=reset, eps=eps)
     if needs_grad(q, k, v, i, f, *(state or ())):
         return mlstm_step_reference(q, k, v, i, f, state, reset=reset, eps=eps)
+    if q.device.type == "cpu":
+        fused = mlstm_cell_step(q, k, v, i, f, state, reset=reset, eps=eps)
+        if fused is not None:
+            return fused
     return mlstm_step_nograd(q, k, v, i, f, state, reset=reset, eps=eps)
 
 

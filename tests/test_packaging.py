@@ -22,10 +22,10 @@ FOLDERS = {"xlstm_rl": "xlstm_rl", **{name: f"xlstm_rl.{name}" for name in LINKE
 
 
 def _source_files(folder: str) -> dict[str, Path]:
-    """Python and YAML files under a top-level folder, by their path inside the wheel."""
+    """Python, YAML and C files under a top-level folder, by their path inside the wheel."""
     prefix = "xlstm_rl" if folder == "xlstm_rl" else f"xlstm_rl/{folder}"
     return {f"{prefix}/{p.relative_to(ROOT / folder).as_posix()}": p
-            for p in (ROOT / folder).rglob("*") if p.suffix in {".py", ".yaml"}
+            for p in (ROOT / folder).rglob("*") if p.suffix in {".py", ".yaml", ".c", ".h"}
             and "__pycache__" not in p.parts}
 
 

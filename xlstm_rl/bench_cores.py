@@ -16,8 +16,10 @@ import torch
 
 from xlstm_rl.cores import CORE_NAMES, XLSTMCore, make_core
 from xlstm_rl.kernels import mlstm_chunkwise, mlstm_recurrent, mlstm_step, slstm_sequence
+from xlstm_rl.kernels import cpu as cpu_kernels
 from xlstm_rl.kernels.reference import mlstm_step_reference
 from xlstm_rl.kernels.timing import time_side_by_side
+from xlstm_rl.kernels.reference.mlstm_step_fast import mlstm_step_nograd
 
 
 _CORE_OVERRIDES: dict[str, dict[str, str]] = {"xlstm": {"pattern": "ms"}}
@@ -63,11 +65,20 @@ def bench_sequences(device: torch.device, S: int = 1024) -> dict:
     }
 
 
+def _without_cpu_kernels(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` on the PyTorch path (the compiled CPU kernels switched off for the call)."""
+    def run() -> object:
+        with cpu_kernels.disabled():
+            return fn()
+    return run
+
+
 def bench_steps(device: torch.device, envs: int = 16, width: int = 128) -> dict:
     """Acting latency for ``envs`` environments: the mLSTM step kernel vs nn.LSTMCell, and the
     ``step`` of every core at the same width (no autograd, as when acting). The autograd-capable
-    paths (``mlstm_step_reference``, the xLSTM cores' ``step_reference``) are timed alongside,
-    so the no-grad paths' gains are measured in the same run."""
+    paths (``mlstm_step_reference``, the xLSTM cores' ``step_reference``) and the no-grad
+    PyTorch paths without the compiled CPU kernels (``*_torch``) are timed alongside, so each
+    path's gain is measured in the same run."""
     q, k, v, i, f = (t.detach()[:, :, 0] for t in _mlstm_inputs(envs, 2, 1, 64, device))
     state = (torch.zeros(envs, 2, 64, 64, device=device), torch.zeros(envs, 2, 64, device=device),
              torch.zeros(envs, 2, device=device))
@@ -77,6 +88,7 @@ def bench_steps(device: torch.device, envs: int = 16, width: int = 128) -> dict:
     fns: dict[str, Callable[[], object]] = {
         "mlstm_step": lambda: mlstm_step(q, k, v, i, f, state),
         "mlstm_step_reference": lambda: mlstm_step_reference(q, k, v, i, f, state),
+        "mlstm_step_torch": lambda: mlstm_step_nograd(q, k, v, i, f, state),
         "torch_lstm_cell": lambda: cell(x, hc)}
     cores = {name: make_core(name, width, hidden_size=width, **_CORE_OVERRIDES.get(name, {}))
              .to(device) for name in CORE_NAMES}
@@ -85,6 +97,7 @@ def bench_steps(device: torch.device, envs: int = 16, width: int = 128) -> dict:
         fns[f"core_{name}"] = functools.partial(core.step, x, states[name])
         if isinstance(core, XLSTMCore):  # the autograd-capable step, as before the no-grad path
             fns[f"core_{name}_reference"] = functools.partial(core.step_reference, x, states[name])
+            fns[f"core_{name}_torch"] = _without_cpu_kernels(fns[f"core_{name}"])
     with torch.no_grad():
         t = time_side_by_side(fns, device, repeats=50, warmup=5)
     return {
@@ -92,7 +105,10 @@ def bench_steps(device: torch.device, envs: int = 16, width: int = 128) -> dict:
         "ratios": {
             "mlstm_step_over_lstm_cell": t["mlstm_step"] / t["torch_lstm_cell"],
             "mlstm_step_reference_over_lstm_cell": t["mlstm_step_reference"] / t["torch_lstm_cell"],
+            "mlstm_step_torch_over_lstm_cell": t["mlstm_step_torch"] / t["torch_lstm_cell"],
             **{f"core_{n}_reference_step_over_lstm_core": t[f"core_{n}_reference"] / t["core_lstm"]
+               for n in ("mlstm", "slstm", "xlstm")},
+            **{f"core_{n}_torch_step_over_lstm_core": t[f"core_{n}_torch"] / t["core_lstm"]
                for n in ("mlstm", "slstm", "xlstm")},
             **{f"core_{n}_step_over_lstm_core": t[f"core_{n}"] / t["core_lstm"]
                for n in CORE_NAMES},
@@ -106,6 +122,7 @@ def bench_cores(out_path: str | Path, device: str = "cpu") -> dict:
     report = {
         "device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
+        "cpu_kernels": cpu_kernels.why_unavailable(),
         "sequences_fwd_bwd": bench_sequences(dev),
         "steps": bench_steps(dev),
     }

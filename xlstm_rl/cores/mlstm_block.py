@@ -17,6 +17,7 @@ from tensordict import TensorDict
 from torch import Tensor, nn
 
 from xlstm_rl.kernels import mlstm_chunkwise, mlstm_step
+from xlstm_rl.kernels.cpu import mlstm_block_step
 from xlstm_rl.kernels.reference.mlstm_step_fast import mlstm_cell_inplace
 
 from .config import CoreConfig
@@ -137,13 +138,19 @@ class MLSTMBlock(nn.Module):
         Returns:
             ``y [B, dim]`` and the new leaves.
         """
+        up = F.linear(F.layer_norm(x, (self.dim,), self.norm.weight, self.norm.bias,
+                                   self.norm.eps), self.up.weight, self.up.bias)
+        fused = mlstm_block_step(up, state[3], reset, self._kernel_weights(), state[:3],
+                                 self.heads, self.cell_norm.eps)
+        if fused is not None:  # the compiled CPU kernel (xlstm_rl.kernels.cpu)
+            out, new = fused
+            return F.linear(out, self.down.weight, self.down.bias).add_(x), new
         if reset is not None:
             state = clear(state, reset)
         C, n, m, window = state
         B, H, Dh = x.shape[0], self.heads, self.head_dim
         w = self._step_weights()
-        xm, z = F.linear(F.layer_norm(x, (self.dim,), self.norm.weight, self.norm.bias,
-                                      self.norm.eps), self.up.weight, self.up.bias).chunk(2, 1)
+        xm, z = up.chunk(2, 1)
         xc, window = self._conv_step(xm, window)
         qkv = self._qkv(xc, xm, w["qkv"])
         gates = F.linear(qkv.view(B, -1), w["gates_w"], w["gates_b"]).view(B, 3, H)
@@ -155,6 +162,12 @@ class MLSTMBlock(nn.Module):
         h = F.group_norm(h.view(B, -1), H, self.cell_norm.weight, None, self.cell_norm.eps)
         h = h.addcmul_(self.skip, xc).mul_(F.silu(z))
         return F.linear(h, self.down.weight, self.down.bias).add_(x), [C, n, m, window]
+
+    def _kernel_weights(self) -> dict[str, Tensor]:
+        """The parameters :func:`~xlstm_rl.kernels.cpu.mlstm_block_step` reads."""
+        return {"conv_w": self.conv.weight, "conv_b": self.conv.bias, "qk_w": self.qk.weight,
+                "v_w": self.v.weight, "gate_w": self.gates.weight, "gate_b": self.gates.bias,
+                "norm_w": self.cell_norm.weight, "skip": self.skip}
 
     @staticmethod
     def _qkv(xc: Tensor, xm: Tensor, taps: Tensor) -> Tensor:

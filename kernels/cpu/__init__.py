@@ -1,0 +1,8 @@
+"""Compiled CPU kernels (plain C through ctypes) for the acting path; optional, see
+:mod:`.build`."""
+from .build import cache_dir, disabled, enabled, forget, load_library, why_unavailable
+from .mlstm_block import mlstm_block_step
+from .mlstm_cell import available, mlstm_cell_step
+
+__all__ = ["available", "cache_dir", "disabled", "enabled", "forget", "load_library",
+           "mlstm_block_step", "mlstm_cell_step", "why_unavailable"]

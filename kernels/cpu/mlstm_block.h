@@ -1,0 +1,112 @@
+/* The mLSTM block's step between its up- and down-projections, included by kernels.c once per
+ * scalar type (define SCALAR, BLOCK_FN, CELL_HEAD, DOT, EXP, LOG1P, FABS, SQRT first;
+ * mlstm_cell.h must come before it).
+ *
+ * Beck et al. 2024, "xLSTM: Extended Long Short-Term Memory" (arXiv:2405.04517), Section 2.4 and
+ * Figure 10 (right); the PyTorch definition is MLSTMBlock.step in xlstm_rl/cores/mlstm_block.py.
+ * Per batch row, from the up-projection's two halves xm, z [inner]:
+ *
+ *   xc   = silu(sum_k window'[k] * conv_w[k] + conv_b)     window' = [window, xm] (zeros before
+ *                                                          a reset), the causal depthwise conv
+ *   q, k = block-diagonal maps of xc;  v = block-diagonal map of xm   (blocks of bs features)
+ *   i, f = gate_w [q; k; v] + gate_b                       (H each)
+ *   h    = the mLSTM cell per head (mlstm_cell.h)
+ *   out  = (groupnorm_per_head(h) * norm_w + skip * xc) * silu(z)
+ *
+ * and the new conv window is the last K - 1 rows of window'. Returns 0, or 1 when the scratch
+ * memory cannot be allocated (nothing is written then).
+ */
+
+int BLOCK_FN(int64_t B, int64_t H, int64_t Dh, int64_t K, int64_t bs,
+             const SCALAR *xm, const SCALAR *z, int64_t up_bstride,
+             const SCALAR *window, const uint8_t *reset,
+             const SCALAR *conv_w, const SCALAR *conv_b,
+             const SCALAR *qk_w, const SCALAR *v_w,
+             const SCALAR *gate_w, const SCALAR *gate_b,
+             const SCALAR *C, const SCALAR *n, const SCALAR *m,
+             const SCALAR *norm_w, SCALAR norm_eps, const SCALAR *skip,
+             SCALAR eps, SCALAR max_exp,
+             SCALAR *out, SCALAR *window_out, SCALAR *C_out, SCALAR *n_out, SCALAR *m_out)
+{
+    const int64_t inner = H * Dh, nb = inner / bs, W = K - 1;
+    SCALAR *scratch = malloc(sizeof(SCALAR) * (size_t)(5 * inner + 2 * H));
+    if (scratch == NULL)
+        return 1;
+    SCALAR *xc = scratch, *qkv = scratch + inner, *hc = scratch + 4 * inner;
+    SCALAR *gates = scratch + 5 * inner;
+    const SCALAR scale = (SCALAR)1 / SQRT((SCALAR)Dh);
+
+    for (int64_t b = 0; b < B; ++b) {
+        const int fresh = reset != NULL && reset[b] != 0;
+        const SCALAR *restrict xmb = xm + b * up_bstride;
+        const SCALAR *restrict zb = z + b * up_bstride;
+        const SCALAR *restrict wb = window + b * W * inner;
+        SCALAR *restrict wob = window_out + b * W * inner;
+
+        /* causal conv + SiLU, and the shifted window */
+        for (int64_t c = 0; c < inner; ++c)
+            xc[c] = 0;
+        for (int64_t t = 0; t < W; ++t) {
+            const SCALAR *restrict row = wb + t * inner;
+            const SCALAR *restrict w = conv_w + t * inner;
+            if (!fresh)
+                for (int64_t c = 0; c < inner; ++c)
+                    xc[c] += row[c] * w[c];
+            if (t > 0)
+                for (int64_t c = 0; c < inner; ++c)
+                    wob[(t - 1) * inner + c] = fresh ? (SCALAR)0 : row[c];
+        }
+        for (int64_t c = 0; c < inner; ++c) {
+            const SCALAR pre = xc[c] + xmb[c] * conv_w[W * inner + c] + conv_b[c];
+            xc[c] = pre / ((SCALAR)1 + EXP(-pre));
+            if (W > 0)
+                wob[(W - 1) * inner + c] = xmb[c];
+        }
+
+        /* block-diagonal q, k (from xc) and v (from xm) into qkv = [q | k | v] */
+        for (int64_t j = 0; j < nb; ++j) {
+            SCALAR *restrict qj = qkv + j * bs, *restrict kj = qkv + inner + j * bs;
+            SCALAR *restrict vj = qkv + 2 * inner + j * bs;
+            for (int64_t o = 0; o < bs; ++o)
+                qj[o] = kj[o] = vj[o] = 0;
+            for (int64_t d = 0; d < bs; ++d) {
+                const SCALAR xcd = xc[j * bs + d], xmd = xmb[j * bs + d];
+                const SCALAR *restrict wqk = qk_w + (j * bs + d) * 2 * bs;
+                const SCALAR *restrict wv = v_w + (j * bs + d) * bs;
+                for (int64_t o = 0; o < bs; ++o) {
+                    qj[o] += xcd * wqk[o];
+                    kj[o] += xcd * wqk[bs + o];
+                    vj[o] += xmd * wv[o];
+                }
+            }
+        }
+
+        /* input and forget gate pre-activations (i: rows 0..H-1, f: rows H..2H-1) */
+        for (int64_t r = 0; r < 2 * H; ++r) {
+            gates[r] = DOT(3 * inner, gate_w + r * 3 * inner, qkv) + gate_b[r];
+        }
+
+        /* the cell, then the per-head norm, the skip and the output gate */
+        for (int64_t head = 0; head < H; ++head) {
+            const int64_t bh = b * H + head, o = head * Dh;
+            CELL_HEAD(Dh, Dh, qkv + o, qkv + inner + o, qkv + 2 * inner + o, gates[head],
+                      gates[H + head], C + bh * Dh * Dh, n + bh * Dh, m[bh], fresh, scale, eps,
+                      max_exp, hc + o, C_out + bh * Dh * Dh, n_out + bh * Dh, m_out + bh);
+            SCALAR mean = 0, var = 0;
+            for (int64_t c = 0; c < Dh; ++c)
+                mean += hc[o + c];
+            mean /= (SCALAR)Dh;
+            for (int64_t c = 0; c < Dh; ++c) {
+                const SCALAR d = hc[o + c] - mean;
+                var += d * d;
+            }
+            const SCALAR rstd = (SCALAR)1 / SQRT(var / (SCALAR)Dh + norm_eps);
+            for (int64_t c = o; c < o + Dh; ++c) {
+                const SCALAR gate = zb[c] / ((SCALAR)1 + EXP(-zb[c]));
+                out[b * inner + c] = ((hc[c] - mean) * rstd * norm_w[c] + skip[c] * xc[c]) * gate;
+            }
+        }
+    }
+    free(scratch);
+    return 0;
+}

@@ -1,0 +1,108 @@
+/* The fused mLSTM cell step, included by kernels.c once per scalar type.
+ *
+ * Before inclusion define: SCALAR (float / double), DOT, CELL_HEAD and FN (the function names),
+ * EXP, LOG1P, FABS (the math functions of that type).
+ *
+ * One step of the stabilized mLSTM cell, Beck et al. 2024, "xLSTM: Extended Long Short-Term
+ * Memory" (arXiv:2405.04517), eqs. (19)-(27) with the stabilizer of eqs. (15)-(17):
+ *
+ *   f~ = logsigmoid(f) + m            m' = max(f~, i)
+ *   i' = exp(i - m')                  f' = exp(f~ - m')          (arguments clamped at max_exp)
+ *   C' = f' C + i' k v^T              n' = f' n + i' k
+ *   h  = C'^T q~ / (max(|n'^T q~|, exp(-m')) + eps),   q~ = q * scale
+ *
+ * per batch row b and head. A row whose reset flag is set starts from C = 0, n = 0, m = 0 (its
+ * stored state is never read, so a NaN there cannot leak). Each C' row is produced and read back
+ * for the output in the same pass, so the matrix memory is streamed once.
+ */
+
+#define DOT_LANES 16
+/* sum_c a[c] * b[c] in DOT_LANES interleaved partial sums: a single running sum would wait on
+ * each add's latency (the compiler may not reorder float sums itself). */
+static SCALAR DOT(int64_t len, const SCALAR *restrict a, const SCALAR *restrict b)
+{
+    SCALAR part[DOT_LANES] = {0};
+    int64_t c = 0;
+    for (; c + DOT_LANES <= len; c += DOT_LANES)
+        for (int l = 0; l < DOT_LANES; ++l)
+            part[l] += a[c + l] * b[c + l];
+    SCALAR sum = 0;
+    for (; c < len; ++c)
+        sum += a[c] * b[c];
+    for (int l = 0; l < DOT_LANES; ++l)
+        sum += part[l];
+    return sum;
+}
+#undef DOT_LANES
+
+/* One batch row, one head: q, k [dk], v [dv], C [dk, dv], n [dk] (ignored when fresh). */
+static void CELL_HEAD(int64_t dk, int64_t dv, const SCALAR *restrict qb,
+                      const SCALAR *restrict kb, const SCALAR *restrict vb, SCALAR i, SCALAR f,
+                      const SCALAR *restrict Cb, const SCALAR *restrict nb, SCALAR m_old,
+                      int fresh, SCALAR scale, SCALAR eps, SCALAR max_exp,
+                      SCALAR *restrict hb, SCALAR *restrict Co, SCALAR *restrict no,
+                      SCALAR *restrict m_out)
+{
+    if (fresh)
+        m_old = 0;
+    const SCALAR log_f = (f < 0 ? f : (SCALAR)0) - LOG1P(EXP(-FABS(f)));
+    const SCALAR f_tilde = log_f + m_old;
+    const SCALAR m_new = f_tilde > i ? f_tilde : i;
+    SCALAR a_i = i - m_new, a_f = f_tilde - m_new, a_floor = (SCALAR)0 - m_new;
+    a_i = a_i < max_exp ? a_i : max_exp;
+    a_f = a_f < max_exp ? a_f : max_exp;
+    a_floor = a_floor < max_exp ? a_floor : max_exp;
+    const SCALAR i_act = EXP(a_i), f_act = EXP(a_f), floor_ = EXP(a_floor);
+
+    for (int64_t j = 0; j < dv; ++j)
+        hb[j] = 0;
+    SCALAR qn = 0;
+    for (int64_t a = 0; a < dk; ++a) {
+        const SCALAR qa = qb[a] * scale;
+        const SCALAR ik = kb[a] * i_act;
+        const SCALAR na = fresh ? ik : ik + f_act * nb[a];
+        no[a] = na;
+        qn += qa * na;
+        const SCALAR *restrict Crow = Cb + a * dv;
+        SCALAR *restrict Orow = Co + a * dv;
+        if (fresh) {
+            for (int64_t j = 0; j < dv; ++j) {
+                Orow[j] = ik * vb[j];
+                hb[j] += qa * Orow[j];
+            }
+        } else {
+            for (int64_t j = 0; j < dv; ++j) {
+                Orow[j] = Crow[j] * f_act + ik * vb[j];
+                hb[j] += qa * Orow[j];
+            }
+        }
+    }
+    const SCALAR mag = FABS(qn);
+    const SCALAR den = (mag > floor_ ? mag : floor_) + eps;
+    for (int64_t j = 0; j < dv; ++j)
+        hb[j] /= den;
+    *m_out = m_new;
+}
+
+void FN(int64_t B, int64_t H, int64_t dk, int64_t dv,
+        const SCALAR *q, int64_t q_bstride,
+        const SCALAR *k, int64_t k_bstride,
+        const SCALAR *v, int64_t v_bstride,
+        const SCALAR *ig, const SCALAR *fg, int64_t gate_bstride,
+        const SCALAR *C, const SCALAR *n, const SCALAR *m,
+        const uint8_t *reset,
+        SCALAR scale, SCALAR eps, SCALAR max_exp,
+        SCALAR *h, SCALAR *C_out, SCALAR *n_out, SCALAR *m_out)
+{
+    for (int64_t b = 0; b < B; ++b) {
+        const int fresh = reset != NULL && reset[b] != 0;
+        for (int64_t head = 0; head < H; ++head) {
+            const int64_t bh = b * H + head;
+            CELL_HEAD(dk, dv, q + b * q_bstride + head * dk, k + b * k_bstride + head * dk,
+                      v + b * v_bstride + head * dv, ig[b * gate_bstride + head],
+                      fg[b * gate_bstride + head], C + bh * dk * dv, n + bh * dk,
+                      fresh ? (SCALAR)0 : m[bh], fresh, scale, eps, max_exp,
+                      h + bh * dv, C_out + bh * dk * dv, n_out + bh * dk, m_out + bh);
+        }
+    }
+}

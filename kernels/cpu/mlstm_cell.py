@@ -1,0 +1,88 @@
+"""The fused C mLSTM cell step (``mlstm_cell.c``) on CPU tensors, through ctypes.
+
+Same map as :func:`xlstm_rl.kernels.reference.mlstm_step_reference` (tests compare outputs and
+states, resets and carried states included, with the reference's tolerances); one pass over the
+matrix memory instead of the PyTorch path's four (scale, rank-one update, read-out, norm), and
+one call instead of about fifteen. Only for tensors that need no gradient: it has no backward.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+
+import torch
+from torch import Tensor
+
+from ..reference.mlstm_recurrent import MLSTMState, max_exp_arg, mlstm_zero_state, state_dtype
+from .build import function
+
+C_TYPES = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
+SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def _function(dtype: torch.dtype):  # noqa: ANN202
+    if dtype not in C_TYPES:
+        return None
+    p, i64, s = ctypes.c_void_p, ctypes.c_int64, C_TYPES[dtype]
+    return function("xlstm_mlstm_cell_step_" + SUFFIX[dtype],
+                    [i64, i64, i64, i64, p, i64, p, i64, p, i64, p, p, i64, p, p, p, p,
+                     s, s, s, p, p, p, p])
+
+
+def available(dtype: torch.dtype = torch.float32) -> bool:
+    """True when the compiled kernel can run ``dtype`` (float32 / float64) tensors."""
+    return _function(dtype) is not None
+
+
+def _rows(t: Tensor) -> Tensor:
+    """``t [B, H, D]`` with (h, d) dense (any batch stride), copying only when needed."""
+    if t.stride(-1) == 1 and t.stride(-2) == t.shape[-1]:
+        return t
+    return t.contiguous()
+
+
+def mlstm_cell_step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
+                    state: MLSTMState | None, reset: Tensor | None = None, eps: float = 1e-6
+                    ) -> tuple[Tensor, MLSTMState] | None:
+    """One mLSTM step in the compiled kernel, or None when it cannot take these tensors.
+
+    Args:
+        q, k: ``[B, H, Dk]``; v: ``[B, H, Dv]`` (any batch stride; heads and features dense
+            or copied so); i, f: ``[B, H]`` gate pre-activations. CPU tensors needing no
+            gradient; other float dtypes are computed in the state's dtype, as the reference.
+        state: ``(C [B,H,Dk,Dv], n [B,H,Dk], m [B,H])`` or None (zeros); never written.
+        reset: optional ``[B]`` bool; True starts that row from the zero state.
+        eps: added to the normalizer.
+
+    Returns:
+        ``h [B, H, Dv]`` in the input dtype and the new ``(C, n, m)`` (fresh tensors), or None
+        (no compiled kernel, a non-CPU tensor, a state that is not float32 / float64): the
+        caller then takes the PyTorch path.
+    """
+    B, H, dk = q.shape
+    dv = v.shape[-1]
+    in_dtype = q.dtype
+    if state is None:
+        state = mlstm_zero_state(B, H, dk, dv, dtype=state_dtype(in_dtype))
+    C, n, m = state
+    dtype = C.dtype
+    fn = _function(dtype)
+    tensors = (q, k, v, i, f, C, n, m)
+    if fn is None or any(t.device.type != "cpu" for t in tensors) or n.dtype != dtype \
+            or m.dtype != dtype or dtype != state_dtype(in_dtype):
+        return None
+    q, k, v, i, f = (t.to(dtype) for t in (q, k, v, i, f))
+    q, k, v = _rows(q), _rows(k), _rows(v)
+    if i.stride(-1) != 1 or f.stride(-1) != 1 or i.stride(0) != f.stride(0):
+        i, f = i.contiguous(), f.contiguous()
+    C, n, m = C.contiguous(), n.contiguous(), m.contiguous()
+    if reset is not None:
+        reset = reset.to(torch.bool).contiguous()
+    h = torch.empty(B, H, dv, dtype=dtype)
+    C_out, n_out, m_out = torch.empty_like(C), torch.empty_like(n), torch.empty_like(m)
+    fn(B, H, dk, dv, q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0),
+       v.data_ptr(), v.stride(0), i.data_ptr(), f.data_ptr(), i.stride(0),
+       C.data_ptr(), n.data_ptr(), m.data_ptr(), None if reset is None else reset.data_ptr(),
+       1.0 / math.sqrt(dk), eps, max_exp_arg(dtype),
+       h.data_ptr(), C_out.data_ptr(), n_out.data_ptr(), m_out.data_ptr())
+    return h.to(in_dtype), (C_out, n_out, m_out)

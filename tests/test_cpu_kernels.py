@@ -1,0 +1,159 @@
+"""The compiled CPU kernels (``xlstm_rl.kernels.cpu``) equal the reference, and their absence
+is harmless.
+
+* ``mlstm_cell_step`` against ``mlstm_step_reference``: zero, carried and reset states (a NaN in
+  a reset row must not leak), strided inputs, float32 / float64 / bfloat16 inputs.
+* ``MLSTMBlock.step_nograd`` through the kernel against the same block's autograd ``step``, over
+  several steps with resets in between, for conv kernels 1 and 4, block-diagonal and dense q/k/v
+  maps, one and several heads.
+* Without a compiler (a failing one), or switched off, the PyTorch path runs and agrees.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from xlstm_rl.cores.config import CoreConfig
+from xlstm_rl.cores.mlstm_block import STATE_KEYS, MLSTMBlock
+from xlstm_rl.kernels import cpu as cpu_kernels
+from xlstm_rl.kernels.reference import mlstm_step_reference
+
+TOL = 1e-5  # the no-grad paths' tolerance (tests/test_core_speed_paths.py)
+
+
+def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape
+    if not b.numel():  # the empty conv window of kernel size 1
+        return 0.0
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compiled() -> None:
+    cpu_kernels.forget()
+    if cpu_kernels.load_library() is None:
+        pytest.skip(f"no compiled CPU kernels here: {cpu_kernels.why_unavailable()}")
+
+
+def _cell_inputs(B: int, dtype: torch.dtype, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    H, dk, dv = 3, 8, 6
+    qkv = torch.randn(B, 3, H, 8, generator=g).to(dtype)  # q, k, v as strided views
+    q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2, :, :dv]
+    i, f = ((3 * torch.randn(B, H, generator=g)).to(dtype) for _ in range(2))
+    sd = torch.float64 if dtype == torch.float64 else torch.float32
+    state = (torch.randn(B, H, dk, dv, generator=g, dtype=sd),
+             torch.rand(B, H, dk, generator=g, dtype=sd), torch.randn(B, H, generator=g, dtype=sd))
+    return (q, k, v, i, f), state
+
+
+@pytest.mark.parametrize("B", (1, 16, 7))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_cell_step_equals_reference(B: int, dtype: torch.dtype) -> None:
+    (q, k, v, i, f), state = _cell_inputs(B, dtype)
+    reset = torch.zeros(B, dtype=torch.bool)
+    reset[0] = True
+    poisoned = (state[0].clone(), state[1].clone(), state[2].clone())
+    poisoned[0][0], poisoned[1][0], poisoned[2][0] = float("nan"), float("nan"), float("nan")
+    before = [t.clone() for t in poisoned]
+    for st, r in [(None, None), (state, None), (poisoned, reset), (state, ~reset)]:
+        h_ref, s_ref = mlstm_step_reference(q, k, v, i, f, st, reset=r)
+        with torch.no_grad():
+            out = cpu_kernels.mlstm_cell_step(q, k, v, i, f, st, reset=r)
+        assert out is not None
+        h, s = out
+        assert h.dtype == h_ref.dtype and torch.isfinite(h).all()
+        assert _max_rel(h.float(), h_ref.float()) <= TOL
+        for a, b in zip(s, s_ref):
+            assert a.dtype == b.dtype and a.shape == b.shape and _max_rel(a, b) <= TOL
+    for a, b in zip(poisoned, before):  # the state passed in is never written
+        assert torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+def test_cell_step_declines_what_it_cannot_take() -> None:
+    (q, k, v, i, f), state = _cell_inputs(2, torch.float32)
+    half = tuple(t.half() for t in state)
+    assert cpu_kernels.mlstm_cell_step(q, k, v, i, f, half) is None       # a float16 state
+    with cpu_kernels.disabled():
+        assert cpu_kernels.mlstm_cell_step(q, k, v, i, f, state) is None
+    assert cpu_kernels.mlstm_cell_step(q, k, v, i, f, state) is not None
+
+
+def _block(conv_kernel: int, block_size: int, heads: int, dtype: torch.dtype) -> MLSTMBlock:
+    torch.manual_seed(0)
+    block = MLSTMBlock(8, CoreConfig(hidden_size=8, num_heads=heads, conv_kernel=conv_kernel,
+                                     qkv_block_size=block_size))
+    with torch.no_grad():  # gates and output away from their zero / tiny initialization
+        for p in (block.gates.weight, block.down.weight, block.skip, block.cell_norm.weight):
+            p.normal_(0.0, 0.5)
+    return block.to(dtype)
+
+
+@pytest.mark.parametrize("conv_kernel,block_size,heads", [(4, 4, 2), (1, 4, 2), (4, 0, 1),
+                                                          (3, 2, 4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_block_step_through_the_kernel_equals_the_autograd_step(
+        conv_kernel: int, block_size: int, heads: int, dtype: torch.dtype) -> None:
+    block, B = _block(conv_kernel, block_size, heads, dtype), 7
+    g = torch.Generator().manual_seed(1)
+    xs = torch.randn(6, B, 8, generator=g).to(dtype)
+    resets = torch.rand(6, B, generator=g) < 0.3
+    resets[0] = False
+    state = block.initial_state(B).to(dtype)
+    leaves = [state[key] for key in STATE_KEYS]
+    for t in range(6):
+        r = resets[t] if resets[t].any() else None
+        y_ref, state = block.step(xs[t], state, r)
+        with torch.no_grad():
+            with cpu_kernels.disabled():
+                y_torch, torch_leaves = block.step_nograd(xs[t], leaves, r)
+            y, leaves = block.step_nograd(xs[t], leaves, r)
+        ref = y_ref.detach() - xs[t]  # the block's own output, without the residual input
+        assert _max_rel(y - xs[t], ref) <= TOL and _max_rel(y_torch - xs[t], ref) <= TOL
+        for key, a, b in zip(STATE_KEYS, leaves, torch_leaves):
+            assert a.dtype == dtype and _max_rel(a, state[key].detach()) <= TOL, key
+            assert _max_rel(b, state[key].detach()) <= TOL, key
+
+
+def _run_python(code: str, env: dict[str, str]) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120, check=True)
+    return done.stdout.strip()
+
+
+PROBE = ("from xlstm_rl.kernels import cpu; import torch; from xlstm_rl.cores import make_core;"
+         "core = make_core('mlstm', 8, hidden_size=8, num_heads=2); x = torch.randn(3, 8);"
+         "torch.manual_seed(0);"
+         "y, _ = core.step(x, None, None);"
+         "z, _ = core.step_reference(x, None, None);"
+         "print(cpu.load_library() is None, (y - z).abs().max().item() < 1e-5, "
+         "'|', cpu.why_unavailable())")
+
+
+def test_switched_off_or_without_a_working_compiler_the_torch_path_runs(tmp_path: Path) -> None:
+    off = _run_python(PROBE, {"XLSTM_RL_CPU_KERNELS": "0", "XLSTM_RL_CACHE": str(tmp_path)})
+    assert off.startswith("True True |") and "XLSTM_RL_CPU_KERNELS" in off
+    broken = tmp_path / "broken-cc"
+    broken.write_text("#!/bin/sh\necho 'cc: no such feature' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    out = _run_python(PROBE, {"CC": str(broken), "XLSTM_RL_CACHE": str(tmp_path / "c")})
+    assert out.startswith("True True |") and "failed" in out
+    assert not list((tmp_path / "c").glob("*.so"))  # nothing half-built is left behind
+
+
+def test_the_library_is_cached_and_a_damaged_copy_is_rebuilt(tmp_path: Path) -> None:
+    env = {"XLSTM_RL_CACHE": str(tmp_path)}
+    first = _run_python(PROBE, env)
+    assert first.startswith("False True |")
+    (lib,) = tmp_path.glob("xlstm_rl_cpu_*.so")
+    stamp = lib.stat().st_mtime_ns
+    assert _run_python(PROBE, env).startswith("False True |") and lib.stat().st_mtime_ns == stamp
+    lib.write_bytes(b"not a shared library")
+    assert _run_python(PROBE, env).startswith("False True |")
+    assert lib.read_bytes()[:4] == b"\x7fELF"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
