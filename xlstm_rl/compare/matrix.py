@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xlstm_rl.compare.presets import ALL_CORES, CORE_SETTINGS, TASKS, Preset, Task
+from xlstm_rl.compare.presets import ALL_CORES, CORE_SETTINGS, TASKS, Preset, Task, TaskPlan
 from xlstm_rl.errors import UserError
 from xlstm_rl.suggest import did_you_mean
 
@@ -106,11 +106,12 @@ def _base_config(algo: str, task: Task) -> tuple[str | None, str]:
     return name, ""
 
 
-def _cell_overrides(preset: Preset, task: Task, core: str, length: int, eval_every: int,
-                    eval_episodes: int, extra: Sequence[str]) -> tuple[str, ...]:
+def _cell_overrides(preset: Preset, task: Task, algo: str, core: str, length: int,
+                    plan: TaskPlan, extra: Sequence[str]) -> tuple[str, ...]:
     target = task.target_return(length) if preset.stop_at_target else None
-    return (*CORE_SETTINGS[core], f"{task.knob}={length}", "train.torch_threads=1",
-            f"train.eval_every={eval_every}", f"train.eval_episodes={eval_episodes}",
+    return (*CORE_SETTINGS[core], f"{task.knob}={length}",
+            *task.episode_overrides(algo, length), "train.torch_threads=1",
+            f"train.eval_every={plan.eval_every}", f"train.eval_episodes={plan.eval_episodes}",
             f"train.target_return={'null' if target is None else target}",
             *preset.extra, *extra)
 
@@ -142,11 +143,10 @@ def build_matrix(preset: Preset, *, cores: Sequence[str] | None = None,
     from xlstm_rl.algorithms import algorithm_names
 
     registered = algorithm_names()
-    algo_list = check_names("algorithm", algos or preset.algos or registered, registered)
+    chosen = check_names("algorithm", algos, registered) if algos else None
     core_list = check_names("core", cores or preset.cores, ALL_CORES)
     task_list = check_names("task", tasks or [p.task for p in preset.plans], tuple(TASKS))
-    n_seeds = preset.seeds if seeds is None else seeds
-    for label, value in (("--seeds", n_seeds), ("--steps", steps)):
+    for label, value in (("--seeds", seeds), ("--steps", steps)):
         if value is not None and value < 1:
             raise UserError(f"{label} must be at least 1, got {value}")
     if lengths is not None and any(length < 1 for length in lengths):
@@ -155,16 +155,20 @@ def build_matrix(preset: Preset, *, cores: Sequence[str] | None = None,
     notes: list[str] = []
     for task_name in task_list:
         task = TASKS[task_name]
-        plan = preset.plan(task_name) or preset.plans[0]
-        for algo in algo_list:
-            base, why = _base_config(algo, task)
-            if base is None:
-                notes.append(why)
-                continue
-            for length in lengths or plan.lengths:
-                for core in core_list:
-                    overrides = _cell_overrides(preset, task, core, length, plan.eval_every,
-                                                plan.eval_episodes, extra)
-                    cells.extend(Cell(algo, task_name, length, core, seed, base, overrides,
-                                      steps or plan.steps) for seed in range(n_seeds))
+        for plan in preset.plans_for(task_name) or [preset.plans[0]]:
+            plan_algos = check_names("algorithm", plan.algos or preset.algos or registered,
+                                     registered)
+            if chosen is not None:  # --algos: narrows a plan's own list, else replaces it
+                plan_algos = tuple(a for a in chosen if plan.algos is None or a in plan_algos)
+            n_seeds = seeds or plan.seeds or preset.seeds
+            for algo in plan_algos:
+                base, why = _base_config(algo, task)
+                if base is None:
+                    notes.append(why)
+                    continue
+                for length in lengths or plan.lengths:
+                    for core in core_list:
+                        overrides = _cell_overrides(preset, task, algo, core, length, plan, extra)
+                        cells.extend(Cell(algo, task_name, length, core, seed, base, overrides,
+                                          steps or plan.steps) for seed in range(n_seeds))
     return cells, notes

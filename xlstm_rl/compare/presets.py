@@ -57,10 +57,21 @@ class Task:
     """Score of a policy without memory (drawn as a dashed line); None: not defined."""
     description: str = ""
     """One line for the report."""
+    episode_keys: tuple[str, ...] = ()
+    """Config keys set to ``knob + episode_extra`` at every length, for the algorithm whose
+    section they are in (R2D2's ``r2d2.trace_len`` and ``r2d2.period``): one stored sequence
+    then holds a whole episode at every length, as the base config does at its own length."""
+    episode_extra: int = 2
+    """See :attr:`episode_keys`."""
 
     def score(self, value: float, length: int) -> float:
         """The score of a raw ``score_key`` value at memory length ``length``."""
         return value / length if self.score_per_length else value
+
+    def episode_overrides(self, algo: str, length: int) -> tuple[str, ...]:
+        """``--set`` overrides of :attr:`episode_keys` for ``algo`` at ``length``."""
+        return tuple(f"{key}={length + self.episode_extra}" for key in self.episode_keys
+                     if key.split(".")[0] == algo)
 
     def target_return(self, length: int) -> float:
         """The evaluation return at which a run may stop early (the threshold, as a return)."""
@@ -71,12 +82,14 @@ TASKS: dict[str, Task] = {task.name: task for task in (
     Task(name="tmaze", config_suffix="tmaze", env_id="xlstm_rl/TMaze-v0",
          knob="env.kwargs.corridor_length", knob_label="T-maze corridor length",
          score_key="success_rate", chance=0.5,
-         description="T-maze: a cue at t = 0, the turn after the corridor (chance 0.5)"),
+         description="T-maze: a cue at t = 0, the turn after the corridor (chance 0.5)",
+         episode_keys=("r2d2.trace_len", "r2d2.period")),
     Task(name="recall", config_suffix="recall", env_id="xlstm_rl/DelayedRecall-v0",
          knob="env.kwargs.delay", knob_label="recall delay",
          score_key="success_rate", chance=0.25,
          description="delayed recall: one of 4 tokens across the delay's distractors "
-                     "(chance 0.25)"),
+                     "(chance 0.25)",
+         episode_keys=("r2d2.trace_len", "r2d2.period")),
     Task(name="cartpole-pos", config_suffix="cartpole-pos",
          env_id="xlstm_rl/PositionOnlyCartPole-v0",
          knob="env.kwargs.max_episode_steps", knob_label="CartPole horizon (steps)",
@@ -101,6 +114,11 @@ class TaskPlan:
     """Evaluate every this many steps (the resolution of ``steps_to_threshold``)."""
     eval_episodes: int = 64
     """Episodes per evaluation."""
+    algos: tuple[str, ...] | None = None
+    """Algorithms of this plan (None: the preset's); a task may have one plan per algorithm,
+    each with its own lengths and budget. ``--algos`` narrows them."""
+    seeds: int | None = None
+    """Seeds per cell of this plan (None: the preset's); ``--seeds`` overrides both."""
 
 
 @dataclass(frozen=True)
@@ -129,9 +147,9 @@ class Preset:
     extra: tuple[str, ...] = field(default=())
     """``--set`` overrides applied to every cell after the preset's own."""
 
-    def plan(self, task: str) -> TaskPlan | None:
-        """The plan of ``task``, or None when the preset does not include it."""
-        return next((p for p in self.plans if p.task == task), None)
+    def plans_for(self, task: str) -> list[TaskPlan]:
+        """The plans of ``task`` (empty when the preset does not include it)."""
+        return [p for p in self.plans if p.task == task]
 
 
 PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
@@ -142,10 +160,16 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
                            eval_episodes=32),),
            algos=("ppo",), seeds=2),
     Preset(name="full",
-           description="PPO on the T-maze at corridors 10, 20 and 40, 6 cores, 3 seeds, "
-                       "98k steps per cell (54 cells; about 1.5 h with 2 free CPU cores)",
-           plans=(TaskPlan("tmaze", lengths=(10, 20, 40), steps=98_304,
-                           eval_every=8_192, eval_episodes=32),),
-           algos=("ppo",), seeds=3),
+           description="PPO on the T-maze (corridors 10, 20, 40) and delayed recall (delays "
+                       "10, 20, 40), 98k steps per cell, 5 seeds; R2D2 on the T-maze "
+                       "(corridors 10, 20), 49k steps, 3 seeds; 6 cores (216 cells, about "
+                       "1.5 h with 2 free CPU cores)",
+           plans=(TaskPlan("tmaze", lengths=(10, 20, 40), steps=98_304, eval_every=8_192,
+                           eval_episodes=32, algos=("ppo",)),
+                  TaskPlan("recall", lengths=(10, 20, 40), steps=98_304, eval_every=8_192,
+                           eval_episodes=32, algos=("ppo",)),
+                  TaskPlan("tmaze", lengths=(10, 20), steps=49_152, eval_every=4_096,
+                           eval_episodes=32, algos=("r2d2",), seeds=3)),
+           algos=("ppo", "r2d2"), seeds=5),
 )}
 """The named presets of ``xlstm-rl compare --preset``."""
