@@ -224,3 +224,25 @@ def test_rows_score_returns_per_horizon_and_find_the_first_step_past_the_thresho
     failed = build_row(cell, tmp_path / "missing", wall_s=1.0, error="exit 2: error: boom")
     assert failed["status"] == "failed" and failed["final_score"] is None
     assert failed["error"] == "exit 2: error: boom" and failed["curve"] == []
+
+
+def test_plans_per_algorithm_with_their_own_lengths_seeds_and_episode_settings() -> None:
+    preset = Preset(name="two", description="ppo and r2d2 plans", seeds=2, algos=("ppo",),
+                    plans=(TaskPlan("tmaze", (10, 20), 4096, 4096, algos=("ppo",)),
+                           TaskPlan("tmaze", (30,), 2048, 1024, algos=("r2d2",), seeds=1)))
+    cells, notes = build_matrix(preset, cores=["mlstm"])
+    assert not notes
+    by_algo = {algo: [c for c in cells if c.algo == algo] for algo in ("ppo", "r2d2")}
+    assert {(c.length, c.seed, c.steps) for c in by_algo["ppo"]} == {
+        (10, 0, 4096), (10, 1, 4096), (20, 0, 4096), (20, 1, 4096)}
+    (r2d2,) = by_algo["r2d2"]
+    assert (r2d2.length, r2d2.seed, r2d2.steps) == (30, 0, 2048)
+    # one stored sequence holds a whole episode (corridor + 2 steps) at every length
+    assert {"r2d2.trace_len=32", "r2d2.period=32", "train.eval_every=1024"} <= set(
+        r2d2.overrides)
+    assert not any(o.startswith("r2d2.") for c in by_algo["ppo"] for o in c.overrides)
+    only_r2d2, _ = build_matrix(preset, cores=["mlstm"], algos=["r2d2"], seeds=3)
+    assert {c.algo for c in only_r2d2} == {"r2d2"} and len(only_r2d2) == 3
+    full, _ = build_matrix(PRESETS["full"], seeds=1)
+    assert {(c.algo, c.task) for c in full} == {("ppo", "tmaze"), ("ppo", "recall"),
+                                                 ("r2d2", "tmaze")}
