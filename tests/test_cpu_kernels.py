@@ -6,6 +6,8 @@ is harmless.
 * ``MLSTMBlock.step_nograd`` through the kernel against the same block's autograd ``step``, over
   several steps with resets in between, for conv kernels 1 and 4, block-diagonal and dense q/k/v
   maps, one and several heads.
+* With ``overwrite_state`` the new state is written into the state handed over (same storage)
+  and still equals the autograd step.
 * Without a compiler (a failing one), or switched off, the PyTorch path runs and agrees.
 """
 from __future__ import annotations
@@ -118,6 +120,41 @@ def test_block_step_through_the_kernel_equals_the_autograd_step(
         for key, a, b in zip(STATE_KEYS, leaves, torch_leaves):
             assert a.dtype == dtype and _max_rel(a, state[key].detach()) <= TOL, key
             assert _max_rel(b, state[key].detach()) <= TOL, key
+
+
+@pytest.mark.parametrize("conv_kernel,block_size,heads", [(4, 4, 2), (1, 4, 2), (3, 0, 1)])
+def test_block_step_in_place_equals_the_autograd_step(conv_kernel: int, block_size: int,
+                                                      heads: int) -> None:
+    block, B = _block(conv_kernel, block_size, heads, torch.float32), 5
+    g = torch.Generator().manual_seed(2)
+    xs, resets = torch.randn(7, B, 8, generator=g), torch.rand(7, B, generator=g) < 0.3
+    state = block.initial_state(B)
+    leaves = [state[key].clone() for key in STATE_KEYS]
+    for t in range(7):
+        r = resets[t] if resets[t].any() else None
+        y_ref, state = block.step(xs[t], state, r)
+        before = [leaf.data_ptr() for leaf in leaves]
+        with torch.no_grad():
+            y, leaves = block.step_nograd(xs[t], leaves, r, overwrite=True)
+        assert [leaf.data_ptr() for leaf in leaves] == before  # written where it was
+        assert _max_rel(y - xs[t], y_ref.detach() - xs[t]) <= TOL
+        for key, leaf in zip(STATE_KEYS, leaves):
+            assert _max_rel(leaf, state[key].detach()) <= TOL, key
+
+
+def test_core_step_overwrite_state_equals_a_fresh_state_step() -> None:
+    from xlstm_rl.cores import make_core
+
+    torch.manual_seed(0)
+    core = make_core("xlstm", 8, hidden_size=8, num_heads=2, pattern="ms")
+    x, reset = torch.randn(4, 8), torch.tensor([False, True, False, False])
+    state = core.initial_state(4)
+    with torch.no_grad():
+        state = core.step(x, state, None)[1]
+        y_ref, s_ref = core.step(x, state, reset)
+        y, s = core.step(x, state.clone(), reset, overwrite_state=True)
+    assert torch.equal(y, y_ref)
+    assert all(torch.equal(a, b) for a, b in zip(s.values(True, True), s_ref.values(True, True)))
 
 
 def _run_python(code: str, env: dict[str, str]) -> str:

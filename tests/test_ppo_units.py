@@ -95,7 +95,7 @@ class CountingPolicy:
         count = state["count"] if reset is None else torch.where(reset, 0.0, state["count"])
         return count + 1
 
-    def act(self, obs, state, reset, deterministic=False, generator=None):
+    def act(self, obs, state, reset, deterministic=False, generator=None, overwrite_state=False):
         count = self._advance(state, reset)
         zeros = torch.zeros(obs.shape[0])
         new = TensorDict({"count": count}, batch_size=state.batch_size)

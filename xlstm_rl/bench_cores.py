@@ -13,8 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from tensordict import TensorDict
 
-from xlstm_rl.cores import CORE_NAMES, XLSTMCore, make_core
+from xlstm_rl.cores import CORE_NAMES, MemoryCore, XLSTMCore, make_core
 from xlstm_rl.kernels import mlstm_chunkwise, mlstm_recurrent, mlstm_step, slstm_sequence
 from xlstm_rl.kernels import cpu as cpu_kernels
 from xlstm_rl.kernels.reference import mlstm_step_reference
@@ -73,12 +74,25 @@ def _without_cpu_kernels(fn: Callable[[], object]) -> Callable[[], object]:
     return run
 
 
+def _carried_step(core: MemoryCore, x: torch.Tensor, state: TensorDict
+                  ) -> Callable[[], object]:
+    """``core.step`` as the acting loop runs it: the state it returned is handed back with
+    ``overwrite_state=True`` (the in-place update of the compiled CPU kernel)."""
+    carried = [state.clone()]
+
+    def run() -> object:
+        y, carried[0] = core.step(x, carried[0], None, overwrite_state=True)
+        return y
+    return run
+
+
 def bench_steps(device: torch.device, envs: int = 16, width: int = 128) -> dict:
     """Acting latency for ``envs`` environments: the mLSTM step kernel vs nn.LSTMCell, and the
     ``step`` of every core at the same width (no autograd, as when acting). The autograd-capable
     paths (``mlstm_step_reference``, the xLSTM cores' ``step_reference``) and the no-grad
-    PyTorch paths without the compiled CPU kernels (``*_torch``) are timed alongside, so each
-    path's gain is measured in the same run."""
+    PyTorch paths without the compiled CPU kernels (``*_torch``) and the steps that update a
+    handed-over state in place (``*_overwrite``, as PPO's collector acts) are timed alongside,
+    so each path's gain is measured in the same run."""
     q, k, v, i, f = (t.detach()[:, :, 0] for t in _mlstm_inputs(envs, 2, 1, 64, device))
     state = (torch.zeros(envs, 2, 64, 64, device=device), torch.zeros(envs, 2, 64, device=device),
              torch.zeros(envs, 2, device=device))
@@ -98,6 +112,7 @@ def bench_steps(device: torch.device, envs: int = 16, width: int = 128) -> dict:
         if isinstance(core, XLSTMCore):  # the autograd-capable step, as before the no-grad path
             fns[f"core_{name}_reference"] = functools.partial(core.step_reference, x, states[name])
             fns[f"core_{name}_torch"] = _without_cpu_kernels(fns[f"core_{name}"])
+            fns[f"core_{name}_overwrite"] = _carried_step(core, x, states[name])
     with torch.no_grad():
         t = time_side_by_side(fns, device, repeats=50, warmup=5)
     return {
@@ -110,6 +125,8 @@ def bench_steps(device: torch.device, envs: int = 16, width: int = 128) -> dict:
                for n in ("mlstm", "slstm", "xlstm")},
             **{f"core_{n}_torch_step_over_lstm_core": t[f"core_{n}_torch"] / t["core_lstm"]
                for n in ("mlstm", "slstm", "xlstm")},
+            **{f"core_{n}_overwrite_step_over_lstm_core":
+               t[f"core_{n}_overwrite"] / t["core_lstm"] for n in ("mlstm", "slstm", "xlstm")},
             **{f"core_{n}_step_over_lstm_core": t[f"core_{n}"] / t["core_lstm"]
                for n in CORE_NAMES},
         },

@@ -108,8 +108,10 @@ class RolloutCollector:
         """
         obs, reset = self.obs, self.reset_flags
         extra: dict[str, Any] = {} if self.sampler is None else {"sampler": self.sampler}
-        action, log_prob, value, new_state = self.policy.act(obs, self.state, reset,
-                                                             generator=self.generator, **extra)
+        # The carried state is handed over (chunk starts keep a copy, see collect): the
+        # cores may update it in place, halving the acting step's memory traffic.
+        action, log_prob, value, new_state = self.policy.act(
+            obs, self.state, reset, generator=self.generator, overwrite_state=True, **extra)
         result = self.stepper.step(self.policy.actor.to_env(action))
         final_value = self._final_values(result.final_obs, new_state)
         if stats is not None:
@@ -150,8 +152,8 @@ class RolloutCollector:
         for t in range(rollout_len):
             if should_stop is not None and should_stop():
                 raise StopRequested(f"collection stopped at step {t} of {rollout_len}")
-            if t % seq_len == 0:
-                states.append(self.state)
+            if t % seq_len == 0:  # a copy: the acting step may overwrite the carried state
+                states.append(self.state.clone())
             records.append(self.step(stats))
         data = TensorDict({k: torch.stack([r[k] for r in records]) for k in records[0]},
                           batch_size=[rollout_len, self.num_envs])

@@ -13,8 +13,10 @@
  *   h    = the mLSTM cell per head (mlstm_cell.h)
  *   out  = (groupnorm_per_head(h) * norm_w + skip * xc) * silu(z)
  *
- * and the new conv window is the last K - 1 rows of window'. Returns 0, or 1 when the scratch
- * memory cannot be allocated (nothing is written then).
+ * and the new conv window is the last K - 1 rows of window'. The outputs window_out, C_out, n_out
+ * and m_out may be the inputs window, C, n and m themselves (the state updated in place), else
+ * they do not overlap them. Returns 0, or 1 when the scratch memory cannot be allocated
+ * (nothing is written then).
  */
 
 int BLOCK_FN(int64_t B, int64_t H, int64_t Dh, int64_t K, int64_t bs,
@@ -40,14 +42,14 @@ int BLOCK_FN(int64_t B, int64_t H, int64_t Dh, int64_t K, int64_t bs,
         const int fresh = reset != NULL && reset[b] != 0;
         const SCALAR *restrict xmb = xm + b * up_bstride;
         const SCALAR *restrict zb = z + b * up_bstride;
-        const SCALAR *restrict wb = window + b * W * inner;
-        SCALAR *restrict wob = window_out + b * W * inner;
+        const SCALAR *wb = window + b * W * inner;  /* wob may be wb: row t - 1 is written */
+        SCALAR *wob = window_out + b * W * inner;    /* only after row t - 1 was read */
 
         /* causal conv + SiLU, and the shifted window */
         for (int64_t c = 0; c < inner; ++c)
             xc[c] = 0;
         for (int64_t t = 0; t < W; ++t) {
-            const SCALAR *restrict row = wb + t * inner;
+            const SCALAR *row = wb + t * inner;
             const SCALAR *restrict w = conv_w + t * inner;
             if (!fresh)
                 for (int64_t c = 0; c < inner; ++c)

@@ -27,7 +27,8 @@ def _function(dtype: torch.dtype):  # noqa: ANN202
 
 def mlstm_block_step(up: Tensor, window: Tensor, reset: Tensor | None,
                      weights: dict[str, Tensor], state: list[Tensor], heads: int,
-                     norm_eps: float, eps: float = 1e-6) -> tuple[Tensor, list[Tensor]] | None:
+                     norm_eps: float, eps: float = 1e-6, overwrite: bool = False
+                     ) -> tuple[Tensor, list[Tensor]] | None:
     """The block step from the up-projection output to the down-projection input.
 
     Args:
@@ -41,9 +42,12 @@ def mlstm_block_step(up: Tensor, window: Tensor, reset: Tensor | None,
         heads: ``H``.
         norm_eps: epsilon of the per-head norm.
         eps: the cell's normalizer epsilon.
+        overwrite: Write the new state into ``state`` and ``window`` (dense ones; others are
+            copied first) instead of fresh tensors; the caller must hold no other reference.
 
     Returns:
-        ``out [B, inner]`` (the down-projection's input) and ``[C, n, m, window]`` (fresh), or
+        ``out [B, inner]`` (the down-projection's input) and ``[C, n, m, window]`` (fresh, or
+        the inputs when ``overwrite``), or
         None when the compiled kernel cannot take these tensors (caller: the PyTorch path).
     """
     dtype = up.dtype
@@ -60,8 +64,11 @@ def mlstm_block_step(up: Tensor, window: Tensor, reset: Tensor | None,
     if reset is not None:
         reset = reset.to(torch.bool).contiguous()
     out = torch.empty(B, inner, dtype=dtype)
-    window_out, C_out = torch.empty_like(window), torch.empty_like(C)
-    n_out, m_out = torch.empty_like(n), torch.empty_like(m)
+    if overwrite:
+        window_out, C_out, n_out, m_out = window, C, n, m
+    else:
+        window_out, C_out = torch.empty_like(window), torch.empty_like(C)
+        n_out, m_out = torch.empty_like(n), torch.empty_like(m)
     w = weights
     status = fn(B, heads, inner // heads, K, bs, up.data_ptr(), up.data_ptr() + inner *
                 up.element_size(), up.stride(0), window.data_ptr(),

@@ -35,13 +35,14 @@ static SCALAR DOT(int64_t len, const SCALAR *restrict a, const SCALAR *restrict 
 }
 #undef DOT_LANES
 
-/* One batch row, one head: q, k [dk], v [dv], C [dk, dv], n [dk] (ignored when fresh). */
+/* One batch row, one head: q, k [dk], v [dv], C [dk, dv], n [dk] (ignored when fresh).
+ * Co may be Cb (the update in place: each element is read before it is written), else the
+ * two do not overlap; the same for no / nb and m_out / the stabilizer passed in. */
 static void CELL_HEAD(int64_t dk, int64_t dv, const SCALAR *restrict qb,
                       const SCALAR *restrict kb, const SCALAR *restrict vb, SCALAR i, SCALAR f,
-                      const SCALAR *restrict Cb, const SCALAR *restrict nb, SCALAR m_old,
+                      const SCALAR *Cb, const SCALAR *nb, SCALAR m_old,
                       int fresh, SCALAR scale, SCALAR eps, SCALAR max_exp,
-                      SCALAR *restrict hb, SCALAR *restrict Co, SCALAR *restrict no,
-                      SCALAR *restrict m_out)
+                      SCALAR *restrict hb, SCALAR *Co, SCALAR *no, SCALAR *m_out)
 {
     if (fresh)
         m_old = 0;
@@ -63,14 +64,21 @@ static void CELL_HEAD(int64_t dk, int64_t dv, const SCALAR *restrict qb,
         const SCALAR na = fresh ? ik : ik + f_act * nb[a];
         no[a] = na;
         qn += qa * na;
-        const SCALAR *restrict Crow = Cb + a * dv;
-        SCALAR *restrict Orow = Co + a * dv;
         if (fresh) {
+            SCALAR *restrict Orow = Co + a * dv;
             for (int64_t j = 0; j < dv; ++j) {
                 Orow[j] = ik * vb[j];
                 hb[j] += qa * Orow[j];
             }
+        } else if (Co == Cb) {
+            SCALAR *restrict Orow = Co + a * dv;
+            for (int64_t j = 0; j < dv; ++j) {
+                Orow[j] = Orow[j] * f_act + ik * vb[j];
+                hb[j] += qa * Orow[j];
+            }
         } else {
+            const SCALAR *restrict Crow = Cb + a * dv;
+            SCALAR *restrict Orow = Co + a * dv;
             for (int64_t j = 0; j < dv; ++j) {
                 Orow[j] = Crow[j] * f_act + ik * vb[j];
                 hb[j] += qa * Orow[j];

@@ -47,9 +47,14 @@ class MemoryCore(nn.Module):
         """Run a sequence: ``x [B, T, D]``, ``reset [B, T]`` -> ``y [B, T, output_size]``."""
         raise NotImplementedError
 
-    def step(self, x: Tensor, state: TensorDict | None = None, reset: Tensor | None = None
-             ) -> tuple[Tensor, TensorDict]:
-        """Run one step: ``x [B, D]``, ``reset [B]`` -> ``y [B, output_size]``."""
+    def step(self, x: Tensor, state: TensorDict | None = None, reset: Tensor | None = None,
+             *, overwrite_state: bool = False) -> tuple[Tensor, TensorDict]:
+        """Run one step: ``x [B, D]``, ``reset [B]`` -> ``y [B, output_size]``.
+
+        ``overwrite_state=True``: the caller hands ``state`` over (it keeps no other reference to
+        its tensors), so a no-grad step may write the new state into them; the returned state
+        then shares them. Cores that cannot use this ignore it; the results are the same.
+        """
         raise NotImplementedError
 
     def _state_or_zero(self, state: TensorDict | None, x: Tensor) -> TensorDict:

@@ -66,8 +66,8 @@ class _TorchRNNCore(MemoryCore):
             ys.append(y)
         return torch.cat(ys, dim=1), state
 
-    def step(self, x: Tensor, state: TensorDict | None = None, reset: Tensor | None = None
-             ) -> tuple[Tensor, TensorDict]:
+    def step(self, x: Tensor, state: TensorDict | None = None, reset: Tensor | None = None,
+             *, overwrite_state: bool = False) -> tuple[Tensor, TensorDict]:
         self._check_input(x, reset, step=True)
         state = clear_rows(self._state_or_zero(state, x), reset)
         y, hx = self.rnn(x[:, None], self._pack(state))
@@ -110,7 +110,7 @@ class MLPCore(MemoryCore):
         self._check_input(x, reset, step=False)
         return self.net(x), self._state_or_zero(state, x)
 
-    def step(self, x: Tensor, state: TensorDict | None = None, reset: Tensor | None = None
-             ) -> tuple[Tensor, TensorDict]:
+    def step(self, x: Tensor, state: TensorDict | None = None, reset: Tensor | None = None,
+             *, overwrite_state: bool = False) -> tuple[Tensor, TensorDict]:
         self._check_input(x, reset, step=True)
         return self.net(x), self._state_or_zero(state, x)

@@ -126,14 +126,16 @@ class MLSTMBlock(nn.Module):
 
         return cached(self, (qk, v, gw, gb), build)
 
-    def step_nograd(self, x: Tensor, state: list[Tensor], reset: Tensor | None
-                    ) -> tuple[Tensor, list[Tensor]]:
+    def step_nograd(self, x: Tensor, state: list[Tensor], reset: Tensor | None,
+                    overwrite: bool = False) -> tuple[Tensor, list[Tensor]]:
         """:meth:`step` without autograd, on the state's leaves ``[C, n, m, conv]``.
 
         Args:
             x: ``[B, dim]``; state: ``C [B,H,Dh,Dh]``, ``n [B,H,Dh]``, ``m [B,H]``,
-                ``conv [B,K-1,inner]`` (never written); reset: ``[B]`` bool or None, only
-                passed when some row resets.
+                ``conv [B,K-1,inner]``; reset: ``[B]`` bool or None, only passed when some row
+                resets.
+            overwrite: The compiled CPU kernel may write the new state into ``state``'s
+                tensors (the caller hands them over); otherwise they are never written.
 
         Returns:
             ``y [B, dim]`` and the new leaves.
@@ -141,7 +143,7 @@ class MLSTMBlock(nn.Module):
         up = F.linear(F.layer_norm(x, (self.dim,), self.norm.weight, self.norm.bias,
                                    self.norm.eps), self.up.weight, self.up.bias)
         fused = mlstm_block_step(up, state[3], reset, self._kernel_weights(), state[:3],
-                                 self.heads, self.cell_norm.eps)
+                                 self.heads, self.cell_norm.eps, overwrite=overwrite)
         if fused is not None:  # the compiled CPU kernel (xlstm_rl.kernels.cpu)
             out, new = fused
             return F.linear(out, self.down.weight, self.down.bias).add_(x), new

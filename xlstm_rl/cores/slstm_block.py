@@ -67,10 +67,11 @@ class SLSTMBlock(nn.Module):
                             backend=self.backend)
         return self._finish(x, h), TensorDict(dict(zip("hcnm", new)), batch_size=state.batch_size)
 
-    def step_nograd(self, x: Tensor, state: list[Tensor], reset: Tensor | None
-                    ) -> tuple[Tensor, list[Tensor]]:
+    def step_nograd(self, x: Tensor, state: list[Tensor], reset: Tensor | None,
+                    overwrite: bool = False) -> tuple[Tensor, list[Tensor]]:
         """:meth:`step` without autograd, on the state's leaves ``[h, c, n, m]`` (each
-        ``[B, H, Dh]``, never written); ``reset [B]`` is only passed when some row resets."""
+        ``[B, H, Dh]``, never written: ``overwrite`` is accepted for the stack's sake and
+        unused); ``reset [B]`` is only passed when some row resets."""
         hs, c, n, m = state
         h, new = slstm_step(self._wx(x), self.r_weight, self.bias, (hs, c, n, m), reset=reset,
                             backend=self.backend)

@@ -50,10 +50,10 @@ class XLSTMCore(MemoryCore):
                 ) -> tuple[Tensor, TensorDict]:
         return self._run(x, state, reset, step=False)
 
-    def step(self, x: Tensor, state: TensorDict | None = None, reset: Tensor | None = None
-             ) -> tuple[Tensor, TensorDict]:
+    def step(self, x: Tensor, state: TensorDict | None = None, reset: Tensor | None = None,
+             *, overwrite_state: bool = False) -> tuple[Tensor, TensorDict]:
         if fast_step_ok(x, self.cfg.backend):
-            return self._step_nograd(x, state, reset)
+            return self._step_nograd(x, state, reset, overwrite_state)
         return self._run(x, state, reset, step=True)
 
     def step_reference(self, x: Tensor, state: TensorDict | None = None,
@@ -62,9 +62,10 @@ class XLSTMCore(MemoryCore):
         no-grad path is tested against; benchmarks time it side by side)."""
         return self._run(x, state, reset, step=True)
 
-    def _step_nograd(self, x: Tensor, state: TensorDict | None, reset: Tensor | None
-                     ) -> tuple[Tensor, TensorDict]:
-        """``step`` without autograd: the blocks' ``step_nograd`` on the state's leaves."""
+    def _step_nograd(self, x: Tensor, state: TensorDict | None, reset: Tensor | None,
+                     overwrite: bool = False) -> tuple[Tensor, TensorDict]:
+        """``step`` without autograd: the blocks' ``step_nograd`` on the state's leaves
+        (``overwrite``: they may write the new state into them)."""
         self._check_input(x, reset, step=True)
         state = self._state_or_zero(state, x)
         r = None
@@ -72,7 +73,7 @@ class XLSTMCore(MemoryCore):
             r = reset.to(device=x.device, dtype=torch.bool)
         y, parts, bs = F.linear(x, self.proj.weight, self.proj.bias), {}, state.batch_size
         for block, (name, keys) in zip(self._blocks(), self._state_keys):
-            y, new = block.step_nograd(y, leaves(sub_state(state, name), keys), r)
+            y, new = block.step_nograd(y, leaves(sub_state(state, name), keys), r, overwrite)
             parts[name] = new_state(dict(zip(keys, new)), bs)
         norm = self.out_norm
         return F.layer_norm(y, norm.normalized_shape, norm.weight, norm.bias, norm.eps), \

@@ -48,8 +48,8 @@ class Torso(nn.Module):
         """The core's zero state, TensorDict ``[batch_size]``."""
         return self.core.initial_state(batch_size, device)
 
-    def forward(self, obs: Obs, state: TensorDict, reset: Tensor | None, step: bool
-                ) -> tuple[Tensor, TensorDict]:
+    def forward(self, obs: Obs, state: TensorDict, reset: Tensor | None, step: bool,
+                overwrite_state: bool = False) -> tuple[Tensor, TensorDict]:
         """Features of observations given the state before them.
 
         Args:
@@ -58,12 +58,16 @@ class Torso(nn.Module):
             state: TensorDict ``[B]``; reset: ``[B]`` / ``[B, T]`` bool (True: zero the state
                 before this observation) or None.
             step: One step or a sequence.
+            overwrite_state: One step may write the new state into ``state``'s tensors (see
+                ``MemoryCore.step``).
 
         Returns:
             ``(features [B, (T,) output_size], new state)``.
         """
         x = self.encoder(obs)
-        return self.core.step(x, state, reset) if step else self.core(x, state, reset)
+        if step:
+            return self.core.step(x, state, reset, overwrite_state=overwrite_state)
+        return self.core(x, state, reset)
 
 
 class ActorCritic(nn.Module):
@@ -100,18 +104,20 @@ class ActorCritic(nn.Module):
             parts["value"] = self.value_torso.core.initial_state(batch_size, device)
         return TensorDict(parts, batch_size=[batch_size], device=device)
 
-    def _run(self, obs: Obs, state: TensorDict, reset: Tensor | None, step: bool
-             ) -> tuple[Tensor, Tensor, TensorDict]:
-        y, s = self.torso(obs, state["policy"], reset, step)
+    def _run(self, obs: Obs, state: TensorDict, reset: Tensor | None, step: bool,
+             overwrite_state: bool = False) -> tuple[Tensor, Tensor, TensorDict]:
+        y, s = self.torso(obs, state["policy"], reset, step, overwrite_state)
         new = {"policy": s}
         yv = y
         if self.value_torso is not None:
-            yv, new["value"] = self.value_torso(obs, state["value"], reset, step)
+            yv, new["value"] = self.value_torso(obs, state["value"], reset, step,
+                                                overwrite_state)
         return y, yv, TensorDict(new, batch_size=state.batch_size)
 
     def act(self, obs: Obs, state: TensorDict, reset: Tensor | None,
             deterministic: bool = False, generator: torch.Generator | None = None,
-            sampler: Sampler | None = None) -> tuple[Tensor, Tensor, Tensor, TensorDict]:
+            sampler: Sampler | None = None, overwrite_state: bool = False
+            ) -> tuple[Tensor, Tensor, Tensor, TensorDict]:
         """One acting step.
 
         Args:
@@ -122,12 +128,14 @@ class ActorCritic(nn.Module):
             sampler: Draws the actions instead of ``actor.sample`` (called as
                 ``sampler(actor, dist, deterministic, generator)``; data-parallel PPO samples
                 the batch of every rank with it).
+            overwrite_state: The caller hands ``state`` over: the cores may write the new
+                state into its tensors (see ``MemoryCore.step``).
 
         Returns:
             ``action [B, *action_shape]`` (internal, see ``ActionHead.to_env``),
             ``log_prob [B]``, ``value [B]`` and the new state.
         """
-        y, yv, new = self._run(obs, state, reset, step=True)
+        y, yv, new = self._run(obs, state, reset, step=True, overwrite_state=overwrite_state)
         dist = self.actor(y)
         if sampler is None:
             action = self.actor.sample(dist, deterministic, generator)
