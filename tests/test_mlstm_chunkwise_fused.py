@@ -230,6 +230,31 @@ def test_no_gradient_crosses_a_reset(at):
         assert torch.count_nonzero(after[name]) == 0, f"{name} with a loss after the reset"
 
 
+@pytest.mark.parametrize("S,chunk_size", [(16, 16), (37, 8)], ids=["one-chunk", "chunks"])
+@pytest.mark.parametrize("state_grad", [False, True], ids=["constant-state", "state-grad"])
+def test_final_state_left_out_of_the_loss(S, chunk_size, state_grad):
+    """PPO's case: the loss uses h only (the final-state gradients are skipped, not zero-filled)
+    and the stored initial state is a constant; the gradients still equal the reference's."""
+    B, H, dk, dv = 3, 2, 5, 4
+    inputs = make_inputs(B, H, S, dk, dv, seed=61)
+    state = make_state(B, H, dk, dv, seed=62)
+    reset = resets(B, S, chunk_size, "mixed")
+    rows = torch.ones(B, S, dtype=torch.bool)
+    got, want = [], []
+    for fn, out in ((mlstm_chunkwise_fused, got), (mlstm_chunkwise_reference, want)):
+        xs = [x.clone().requires_grad_() for x in inputs]
+        st = tuple(x.clone().requires_grad_(state_grad) for x in state)
+        h, _ = fn(*xs, state=st, reset=reset, chunk_size=chunk_size)
+        (h * torch.cos(torch.arange(h.numel(), dtype=h.dtype)).view(h.shape)
+         * rows[:, None, :, None]).sum().backward()
+        out.extend([x.grad for x in xs] + [x.grad for x in st])
+    for name, a, b in zip(("dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0"), got, want):
+        if not state_grad and name in ("dC0", "dn0", "dm0"):
+            assert a is None and b is None
+            continue
+        assert (a - b).abs().max() <= F64_TOL * max(b.abs().max(), 1.0), name
+
+
 # ------------------------------------------------------------------------ gradcheck and dtypes
 
 @pytest.mark.parametrize("reset", [False, True], ids=["no-reset", "reset"])

@@ -233,20 +233,26 @@ def _local_sums_bwd(s: dict, dk: Tensor, dv: Tensor, dC_loc: Tensor, dn_loc: Ten
 
 
 def _states_bwd(s: dict, dk: Tensor, dv: Tensor, d_in: tuple[Tensor, ...],
-                d_fin: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+                d_fin: tuple[Tensor | None, ...], need_init: bool
+                ) -> tuple[Tensor | None, ...]:
     """Backward of the chunk states, given the gradients of the states entering every chunk
     (``d_in``) and of the final state (``d_fin``). Adds the chunk sums' parts to ``dk, dv`` in
     place; returns ``dlast [B,H,nc,L]``, ``dm_loc``, ``ddecay [B,H,nc]`` and the initial-state
-    gradients ``dC0, dn0, dm0`` (all paths)."""
+    gradients ``dC0, dn0, dm0`` (all paths). A final-state gradient may be None (the loss does
+    not use it: zero); ``need_init=False`` skips ``dC0, dn0`` (returned as None)."""
     (dC_in, dn_in, dm_in), (dC, dn, dm) = d_in, d_fin
     k, W, w_init, C_loc, n_loc = (s[x] for x in ("k", "W", "w_init", "C_loc", "n_loc"))
     B, H, nc, _, Dk = k.shape
     # Chunk-end gradients without a copy: row c+1 of dC_in is that of the end of chunk c; row 0
     # (the initial state's own part, taken out first) becomes the final state's, so the end-
     # indexed weights W and w_init are rolled down by one row to match ("x" rows).
-    dC0, dn0 = dC_in[:, :, 0].clone(), dn_in[:, :, 0].clone()
+    dC0, dn0 = (dC_in[:, :, 0].clone(), dn_in[:, :, 0].clone()) if need_init else (None, None)
     dCx, dnx = dC_in.view(B, H, nc, -1), dn_in
-    dCx[:, :, 0], dnx[:, :, 0] = dC.reshape(B, H, -1), dn
+    for rows, d in ((dCx, dC), (dnx, dn)):
+        if d is None:
+            rows[:, :, 0].zero_()
+        else:
+            rows[:, :, 0] = d.reshape(rows[:, :, 0].shape)
     Wx, wx = W.roll(1, dims=-2), w_init.roll(1, dims=-1)
     dW = (dCx @ C_loc.transpose(-1, -2)).add_(dnx @ n_loc.transpose(-1, -2))
     dW = dW.roll(-1, dims=-2).mul_(W)                                    # <dC_end[c], C_loc[j]> W
@@ -254,7 +260,7 @@ def _states_bwd(s: dict, dk: Tensor, dv: Tensor, d_in: tuple[Tensor, ...],
         s["n0"][:, :, None] @ dnx.transpose(-1, -2)).squeeze(-2).roll(-1, dims=-1)  # <dC_end, C0>
     c_init = torch.where(s["from_init"], w_init * c0, 0.0)
     dme = dm_in.roll(-1, dims=-1)
-    dme[..., -1] = dm
+    dme[..., -1] = 0.0 if dm is None else dm
     rho = dme - dW.sum(dim=-1) - c_init
     wi = _share(s["init_log"], s["z_max"])
     d_init = torch.where(s["from_init"], wi * rho, 0.0) + c_init
@@ -268,8 +274,9 @@ def _states_bwd(s: dict, dk: Tensor, dv: Tensor, d_in: tuple[Tensor, ...],
     Wt = Wx.transpose(-1, -2)
     dC_loc = torch.matmul(Wt, dCx, out=_slot(s, 0, *dCx.shape)).view(B, H, nc, Dk, -1)
     dlast = _local_sums_bwd(s, dk, dv, dC_loc, Wt @ dnx)
-    dC0.add_((wx[..., None, :] @ dCx).view(B, H, Dk, -1))
-    dn0.add_((wx[..., None, :] @ dnx).squeeze(-2))
+    if dC0 is not None and dn0 is not None:
+        dC0.add_((wx[..., None, :] @ dCx).view(B, H, Dk, -1))
+        dn0.add_((wx[..., None, :] @ dnx).squeeze(-2))
     return dlast, ws * d_src, ddecay, dC0, dn0, dm_in[..., 0] + d_init.sum(-1)
 
 
@@ -290,7 +297,9 @@ class _ChunkwiseFused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, i, f, C0, n0, m0, reset, L, eps):
-        """Runs under no_grad (as every ``Function.forward``); stores what ``backward`` needs."""
+        """Runs under no_grad (as every ``Function.forward``); stores what ``backward`` needs.
+        Unused outputs get no zero gradients (``backward`` skips their terms)."""
+        ctx.set_materialize_grads(False)
         B, _, S, dk = q.shape
         sd, nc, dev = C0.dtype, -(-S // L), q.device
         s = dict(q=_chunked(q, nc, L, 0.0, sd), k=_chunked(k, nc, L, 0.0, sd),
@@ -328,6 +337,8 @@ class _ChunkwiseFused(torch.autograd.Function):
     def backward(ctx, dh, dC, dn, dm):
         """Exact gradients of ``(q, k, v, i, f, C0, n0, m0)`` (not differentiable again)."""
         f, h, *saved = ctx.saved_tensors
+        if dh is None:  # only the final state is used
+            dh = torch.zeros_like(h)
         s = dict(zip(ctx.names, saved), **ctx.meta)
         B, H, nc, L, dk = s["q"].shape
         sd, dv = s["q"].dtype, s["v"].shape[-1]
@@ -339,7 +350,9 @@ class _ChunkwiseFused(torch.autograd.Function):
         first = s["first"]
         dm_in = (dcarry if first is None else torch.where(first, dcarry, 0.0)).sum(dim=-1)
         dlast, dm_loc, ddecay, dC0, dn0, dm0 = _states_bwd(
-            s, dk_, dv, (dC_in, dn_in, dm_in), (dC.to(sd), dn.to(sd), dm.to(sd)))
+            s, dk_, dv, (dC_in, dn_in, dm_in),
+            tuple(None if d is None else d.to(sd) for d in (dC, dn, dm)),
+            need_init=ctx.needs_input_grad[5] or ctx.needs_input_grad[6])
         G[..., -1, :] += dlast
         drow[..., -1] += dm_loc
         dcarry[..., -1] += ddecay
