@@ -194,3 +194,15 @@ def test_the_library_is_cached_and_a_damaged_copy_is_rebuilt(tmp_path: Path) -> 
     assert _run_python(PROBE, env).startswith("False True |")
     assert lib.read_bytes()[:4] == b"\x7fELF"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_step_benchmark_times_every_path_side_by_side() -> None:
+    from xlstm_rl.bench_cores import bench_steps
+
+    report = bench_steps(torch.device("cpu"), envs=2, width=16)
+    ratios = report["ratios"]
+    for name in ("mlstm_step_over_lstm_cell", "mlstm_step_torch_over_lstm_cell",
+                 "core_mlstm_step_over_lstm_core", "core_mlstm_torch_step_over_lstm_core",
+                 "core_mlstm_overwrite_step_over_lstm_core",
+                 "core_xlstm_overwrite_step_over_lstm_core"):
+        assert 0.0 < ratios[name] < float("inf"), name
