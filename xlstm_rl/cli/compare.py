@@ -37,15 +37,14 @@ def _notes(preset: Any, cells: list[Any], skipped: list[str], state: dict[str, A
     from xlstm_rl.compare.presets import TASKS
 
     notes = [f"preset `{preset.name}`: {preset.description}"]
-    for task in dict.fromkeys(c.task for c in cells):
-        mine = [c for c in cells if c.task == task]
-        notes.append(f"{task} ({TASKS[task].description}): {TASKS[task].knob_label} "
+    for task, algo in dict.fromkeys((c.task, c.algo) for c in cells):
+        mine = [c for c in cells if (c.task, c.algo) == (task, algo)]
+        notes.append(f"{task}, {algo} ({TASKS[task].description}): {TASKS[task].knob_label} "
                      f"{', '.join(str(x) for x in dict.fromkeys(c.length for c in mine))}; "
-                     f"{mine[0].steps} env steps per cell; threshold "
-                     f"{TASKS[task].threshold}")
+                     f"{mine[0].steps} env steps per cell; {len({c.seed for c in mine})} "
+                     f"seeds; threshold {TASKS[task].threshold}")
     notes.append(f"cores: {', '.join(dict.fromkeys(c.core for c in cells))}; algorithms: "
-                 f"{', '.join(dict.fromkeys(c.algo for c in cells))}; seeds: "
-                 f"{len({c.seed for c in cells})}; {len(cells)} cells")
+                 f"{', '.join(dict.fromkeys(c.algo for c in cells))}; {len(cells)} cells")
     notes += skipped
     if state.get("command"):
         notes.append(f"command: `{state['command']}`")
