@@ -53,7 +53,8 @@ def mlstm_block_step(up: Tensor, window: Tensor, reset: Tensor | None,
     dtype = up.dtype
     fn = _function(dtype)
     tensors = (up, window, *state, *weights.values())
-    if fn is None or any(t.dtype != dtype or t.device.type != "cpu" for t in tensors):
+    if fn is None or any(t.dtype != dtype or t.device.type != "cpu" for t in tensors) \
+            or not all(w.is_contiguous() for w in weights.values()):
         return None
     C, n, m = (t.contiguous() for t in state)
     B, inner = up.shape[0], up.shape[1] // 2
