@@ -104,10 +104,13 @@ def mlstm_chunkwise(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
 
     The reference backend runs ``mlstm_chunkwise_fused`` (one autograd node, hand-written exact
     backward), checked against the plain-autograd ``mlstm_chunkwise_reference``, which stays the
-    readable definition of the chunkwise form.
+    readable definition of the chunkwise form. It evens the chunks out: as many chunks as
+    ``chunk_size`` needs, each ``ceil(S / chunks)`` long (S = 81 at 64: two chunks of 41, not
+    64 + 17 padded to 128; the outputs are the same, up to rounding, for any chunking).
 
     Args:
-        chunk_size: steps per chunk, >= 1 (16..256 are the tuned sizes; any S is padded).
+        chunk_size: at most this many steps per chunk, >= 1 (16..256 are the tuned sizes; any
+            S is padded).
         backend: ``"auto" | "reference" | "triton"``.
     """
     _check_mlstm(q, k, v, i, f, reset, step=False, state=state)
@@ -116,7 +119,9 @@ def mlstm_chunkwise(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
     if resolve_backend(backend, q.device) == "triton":
         return _triton_ops().mlstm_chunkwise(q, k, v, i, f, state=state, reset=reset,
                                              chunk_size=chunk_size, eps=eps)
-    return mlstm_chunkwise_fused(q, k, v, i, f, state=state, reset=reset, chunk_size=chunk_size,
+    S = q.shape[2]
+    even = -(-S // -(-S // chunk_size)) if S else chunk_size
+    return mlstm_chunkwise_fused(q, k, v, i, f, state=state, reset=reset, chunk_size=even,
                                  eps=eps)
 
 

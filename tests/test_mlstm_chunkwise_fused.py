@@ -10,6 +10,7 @@ decayed away, so its error is measured against the largest initial-state gradien
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -313,6 +314,19 @@ def test_reference_backend_dispatches_to_fused():
     inputs = [x.requires_grad_() for x in make_inputs(1, 1, 12, 2, 2, seed=47)]
     h, (c, _, _) = mlstm_chunkwise(*inputs, chunk_size=4, backend="reference")
     assert all("ChunkwiseFused" in type(x.grad_fn).__name__ for x in (h, c))
+
+
+@pytest.mark.parametrize("S,chunk_size", [(81, 64), (121, 64), (37, 16)])
+def test_dispatch_evens_out_chunks_with_the_same_results(S, chunk_size):
+    """The reference backend runs S = 81 at chunk size 64 as two chunks of 41: outputs, final
+    state and every gradient equal the reference at chunk size 64 (64 + 17 padded)."""
+    B, H, dk, dv = 2, 2, 4, 3
+    inputs = make_inputs(B, H, S, dk, dv, seed=71)
+    state = make_state(B, H, dk, dv, seed=72)
+    dispatched = functools.partial(mlstm_chunkwise, backend="reference")
+    got = run(dispatched, inputs, state, resets(B, S, 7, "mixed"), chunk_size)
+    want = run(mlstm_chunkwise_reference, inputs, state, resets(B, S, 7, "mixed"), chunk_size)
+    assert_match(got, want, F64_TOL)
 
 
 def test_second_derivatives_are_refused():

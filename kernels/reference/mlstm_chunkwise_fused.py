@@ -388,8 +388,8 @@ def mlstm_chunkwise_fused(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
     sd = state_dtype(q.dtype)
     if state is None:
         state = mlstm_zero_state(B, H, dk, v.shape[-1], device=q.device, dtype=sd)
-    elif reset is not None:  # a state discarded at t=0 must not reach even a 0 * NaN gradient
-        state = clear_rows(state, reset[:, 0])
+    elif reset is not None and bool(reset[:, 0].any()):
+        state = clear_rows(state, reset[:, 0])  # discarded at t=0: not even a 0 * NaN gradient
     if reset is not None:
         reset = reset.to(device=q.device, dtype=torch.bool)
     C0, n0, m0 = (x.to(sd) for x in state)
