@@ -49,9 +49,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if backend == "reference":
         return backend
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if backend == "auto":
         return "triton" if device.type == "cuda" and triton_available() else "reference"
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if device.type != "cuda" and not interpret:
         raise ValueError(f"backend='triton' needs CUDA tensors (got {device.type}); set "
                          "TRITON_INTERPRET=1 to run the Triton interpreter on CPU tensors")

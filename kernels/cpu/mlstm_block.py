@@ -16,6 +16,9 @@ from ..reference.mlstm_recurrent import max_exp_arg
 from .build import function
 from .mlstm_cell import C_TYPES, SUFFIX
 
+_MAX_EXP = {dtype: max_exp_arg(dtype) for dtype in C_TYPES}
+
+
 def _function(dtype: torch.dtype):  # noqa: ANN202
     if dtype not in C_TYPES:
         return None
@@ -52,9 +55,9 @@ def mlstm_block_step(up: Tensor, window: Tensor, reset: Tensor | None,
     """
     dtype = up.dtype
     fn = _function(dtype)
-    tensors = (up, window, *state, *weights.values())
-    if fn is None or any(t.dtype != dtype or t.device.type != "cpu" for t in tensors) \
-            or not all(w.is_contiguous() for w in weights.values()):
+    if fn is None or not all(t.is_cpu and t.dtype is dtype for t in (up, window, *state)) \
+            or not all(w.is_cpu and w.dtype is dtype and w.is_contiguous()
+                       for w in weights.values()):
         return None
     C, n, m = (t.contiguous() for t in state)
     B, inner = up.shape[0], up.shape[1] // 2
@@ -77,7 +80,7 @@ def mlstm_block_step(up: Tensor, window: Tensor, reset: Tensor | None,
                 w["conv_w"].data_ptr(), w["conv_b"].data_ptr(), w["qk_w"].data_ptr(),
                 w["v_w"].data_ptr(), w["gate_w"].data_ptr(), w["gate_b"].data_ptr(),
                 C.data_ptr(), n.data_ptr(), m.data_ptr(), w["norm_w"].data_ptr(),
-                norm_eps, w["skip"].data_ptr(), eps, max_exp_arg(dtype),
+                norm_eps, w["skip"].data_ptr(), eps, _MAX_EXP[dtype],
                 out.data_ptr(), window_out.data_ptr(), C_out.data_ptr(), n_out.data_ptr(),
                 m_out.data_ptr())
     if status != 0:

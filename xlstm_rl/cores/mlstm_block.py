@@ -21,7 +21,7 @@ from xlstm_rl.kernels.cpu import mlstm_block_step
 from xlstm_rl.kernels.reference.mlstm_step_fast import mlstm_cell_inplace
 
 from .config import CoreConfig
-from .fast_step import cached, clear
+from .fast_step import cached, children, clear, params, weight_bias
 from .layers import BlockDiagonalLinear, CausalConv1d, MultiHeadNorm
 
 STATE_KEYS = ("C", "n", "m", "conv")
@@ -140,13 +140,15 @@ class MLSTMBlock(nn.Module):
         Returns:
             ``y [B, dim]`` and the new leaves.
         """
-        up = F.linear(F.layer_norm(x, (self.dim,), self.norm.weight, self.norm.bias,
-                                   self.norm.eps), self.up.weight, self.up.bias)
+        mods = children(self)  # the hot acting path: module tables, not Module.__getattr__
+        norm, up_proj, down = mods["norm"], mods["up"], mods["down"]
+        up = F.linear(F.layer_norm(x, (self.dim,), *weight_bias(norm), norm.eps),
+                      *weight_bias(up_proj))
         fused = mlstm_block_step(up, state[3], reset, self._kernel_weights(), state[:3],
-                                 self.heads, self.cell_norm.eps, overwrite=overwrite)
+                                 self.heads, mods["cell_norm"].eps, overwrite=overwrite)
         if fused is not None:  # the compiled CPU kernel (xlstm_rl.kernels.cpu)
             out, new = fused
-            return F.linear(out, self.down.weight, self.down.bias).add_(x), new
+            return F.linear(out, *weight_bias(down)).add_(x), new
         if reset is not None:
             state = clear(state, reset)
         C, n, m, window = state
@@ -166,10 +168,14 @@ class MLSTMBlock(nn.Module):
         return F.linear(h, self.down.weight, self.down.bias).add_(x), [C, n, m, window]
 
     def _kernel_weights(self) -> dict[str, Tensor]:
-        """The parameters :func:`~xlstm_rl.kernels.cpu.mlstm_block_step` reads."""
-        return {"conv_w": self.conv.weight, "conv_b": self.conv.bias, "qk_w": self.qk.weight,
-                "v_w": self.v.weight, "gate_w": self.gates.weight, "gate_b": self.gates.bias,
-                "norm_w": self.cell_norm.weight, "skip": self.skip}
+        """The parameters :func:`~xlstm_rl.kernels.cpu.mlstm_block_step` reads (through the
+        modules' parameter tables: this runs every acting step)."""
+        sub = children(self)
+        conv, gates = params(sub["conv"]), params(sub["gates"])
+        return {"conv_w": conv["weight"], "conv_b": conv["bias"],
+                "qk_w": params(sub["qk"])["weight"], "v_w": params(sub["v"])["weight"],
+                "gate_w": gates["weight"], "gate_b": gates["bias"],
+                "norm_w": params(sub["cell_norm"])["weight"], "skip": params(self)["skip"]}
 
     @staticmethod
     def _qkv(xc: Tensor, xm: Tensor, taps: Tensor) -> Tensor:

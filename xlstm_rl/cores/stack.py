@@ -14,7 +14,7 @@ from xlstm_rl.kernels.reference.mlstm_step_fast import any_reset
 from . import mlstm_block, slstm_block
 from .base import MemoryCore
 from .config import CoreConfig
-from .fast_step import fast_step_ok, leaves, new_state, sub_state
+from .fast_step import children, fast_step_ok, leaves, new_state, sub_state, weight_bias
 from .mlstm_block import MLSTMBlock
 from .slstm_block import SLSTMBlock
 
@@ -71,12 +71,13 @@ class XLSTMCore(MemoryCore):
         r = None
         if reset is not None and any_reset(reset):
             r = reset.to(device=x.device, dtype=torch.bool)
-        y, parts, bs = F.linear(x, self.proj.weight, self.proj.bias), {}, state.batch_size
+        mods = children(self)  # the hot acting path: module tables, not Module.__getattr__
+        y, parts, bs = F.linear(x, *weight_bias(mods["proj"])), {}, state.batch_size
         for block, (name, keys) in zip(self._blocks(), self._state_keys):
             y, new = block.step_nograd(y, leaves(sub_state(state, name), keys), r, overwrite)
             parts[name] = new_state(dict(zip(keys, new)), bs)
-        norm = self.out_norm
-        return F.layer_norm(y, norm.normalized_shape, norm.weight, norm.bias, norm.eps), \
+        norm = mods["out_norm"]
+        return F.layer_norm(y, norm.normalized_shape, *weight_bias(norm), norm.eps), \
             new_state(parts, bs)
 
     def _run(self, x: Tensor, state: TensorDict | None, reset: Tensor | None, step: bool
