@@ -12,20 +12,12 @@ import ctypes
 import torch
 from torch import Tensor
 
-from ..reference.mlstm_recurrent import max_exp_arg
-from .build import function
-from .mlstm_cell import C_TYPES, SUFFIX
-
-_MAX_EXP = {dtype: max_exp_arg(dtype) for dtype in C_TYPES}
+from .mlstm_cell import MAX_EXP, typed_function
 
 
 def _function(dtype: torch.dtype):  # noqa: ANN202
-    if dtype not in C_TYPES:
-        return None
-    p, i64, s = ctypes.c_void_p, ctypes.c_int64, C_TYPES[dtype]
-    return function("xlstm_mlstm_block_step_" + SUFFIX[dtype],
-                    [i64] * 5 + [p, p, i64, p, p] + [p] * 9 + [p, s, p, s, s] + [p] * 5,
-                    ctypes.c_int)
+    return typed_function("xlstm_mlstm_block_step", dtype, lambda p, i64, s: (
+        [i64] * 5 + [p, p, i64, p, p] + [p] * 9 + [p, s, p, s, s] + [p] * 5), ctypes.c_int)
 
 
 def mlstm_block_step(up: Tensor, window: Tensor, reset: Tensor | None,
@@ -41,7 +33,7 @@ def mlstm_block_step(up: Tensor, window: Tensor, reset: Tensor | None,
         weights: dense tensors ``conv_w [K, inner]``, ``conv_b [inner]``, ``qk_w [nb, bs, 2bs]``,
             ``v_w [nb, bs, bs]``, ``gate_w [2H, 3*inner]``, ``gate_b [2H]``, ``norm_w
             [inner]`` and ``skip [inner]``.
-        state: ``[C [B,H,Dh,Dh], n [B,H,Dh], m [B,H]]``; never written.
+        state: ``[C [B,H,Dh,Dh], n [B,H,Dh], m [B,H]]``; written only when ``overwrite``.
         heads: ``H``.
         norm_eps: epsilon of the per-head norm.
         eps: the cell's normalizer epsilon.
@@ -80,7 +72,7 @@ def mlstm_block_step(up: Tensor, window: Tensor, reset: Tensor | None,
                 w["conv_w"].data_ptr(), w["conv_b"].data_ptr(), w["qk_w"].data_ptr(),
                 w["v_w"].data_ptr(), w["gate_w"].data_ptr(), w["gate_b"].data_ptr(),
                 C.data_ptr(), n.data_ptr(), m.data_ptr(), w["norm_w"].data_ptr(),
-                norm_eps, w["skip"].data_ptr(), eps, _MAX_EXP[dtype],
+                norm_eps, w["skip"].data_ptr(), eps, MAX_EXP[dtype],
                 out.data_ptr(), window_out.data_ptr(), C_out.data_ptr(), n_out.data_ptr(),
                 m_out.data_ptr())
     if status != 0:

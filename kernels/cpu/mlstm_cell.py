@@ -1,4 +1,5 @@
-"""The fused C mLSTM cell step (``mlstm_cell.c``) on CPU tensors, through ctypes.
+"""The fused C mLSTM cell step (``mlstm_cell.h``, built from ``kernels.c``) on CPU tensors,
+through ctypes; also the dtype plumbing every kernel of this folder shares.
 
 Same map as :func:`xlstm_rl.kernels.reference.mlstm_step_reference` (tests compare outputs and
 states, resets and carried states included, with the reference's tolerances); one pass over the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -17,16 +19,33 @@ from ..reference.mlstm_recurrent import MLSTMState, max_exp_arg, mlstm_zero_stat
 from .build import function
 
 C_TYPES = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
-SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+"""The scalar types the C kernels are built for (``<name>_f32`` and ``<name>_f64``)."""
+MAX_EXP = {dtype: max_exp_arg(dtype) for dtype in C_TYPES}
+"""The clamp of the exponentials' arguments, per dtype (as the reference)."""
+
+
+def typed_function(name: str, dtype: torch.dtype,
+                   signature: Callable[[type, type, type], list], restype: object = None
+                   ):  # noqa: ANN205
+    """The C function ``name`` for ``dtype`` (None: no library, or a dtype without a build).
+
+    Args:
+        name: The function's name without its ``_f32`` / ``_f64`` suffix.
+        dtype: torch.float32 or torch.float64.
+        signature: ``(pointer, int64, scalar) -> argtypes``, with the dtype's scalar type.
+        restype: The ctypes return type (None: void).
+    """
+    scalar = C_TYPES.get(dtype)
+    if scalar is None:
+        return None
+    suffix = "f32" if dtype == torch.float32 else "f64"
+    return function(f"{name}_{suffix}", signature(ctypes.c_void_p, ctypes.c_int64, scalar),
+                    restype)
 
 
 def _function(dtype: torch.dtype):  # noqa: ANN202
-    if dtype not in C_TYPES:
-        return None
-    p, i64, s = ctypes.c_void_p, ctypes.c_int64, C_TYPES[dtype]
-    return function("xlstm_mlstm_cell_step_" + SUFFIX[dtype],
-                    [i64, i64, i64, i64, p, i64, p, i64, p, i64, p, p, i64, p, p, p, p,
-                     s, s, s, p, p, p, p])
+    return typed_function("xlstm_mlstm_cell_step", dtype, lambda p, i64, s: [
+        i64, i64, i64, i64, p, i64, p, i64, p, i64, p, p, i64, p, p, p, p, s, s, s, p, p, p, p])
 
 
 def available(dtype: torch.dtype = torch.float32) -> bool:
@@ -62,15 +81,14 @@ def mlstm_cell_step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
     B, H, dk = q.shape
     dv = v.shape[-1]
     in_dtype = q.dtype
-    if state is None:
-        state = mlstm_zero_state(B, H, dk, dv, dtype=state_dtype(in_dtype))
-    C, n, m = state
-    dtype = C.dtype
+    dtype = state_dtype(in_dtype)
     fn = _function(dtype)
-    tensors = (q, k, v, i, f, C, n, m)
-    if fn is None or any(t.device.type != "cpu" for t in tensors) or n.dtype != dtype \
-            or m.dtype != dtype or dtype != state_dtype(in_dtype):
+    if fn is None or not all(t.is_cpu for t in (q, k, v, i, f)) or (state is not None and not all(
+            t.is_cpu and t.dtype is dtype for t in state)):
         return None
+    if state is None:
+        state = mlstm_zero_state(B, H, dk, dv, dtype=dtype)
+    C, n, m = state
     q, k, v, i, f = (t.to(dtype) for t in (q, k, v, i, f))
     q, k, v = _rows(q), _rows(k), _rows(v)
     if i.stride(-1) != 1 or f.stride(-1) != 1 or i.stride(0) != f.stride(0):
@@ -83,6 +101,6 @@ def mlstm_cell_step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
     fn(B, H, dk, dv, q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0),
        v.data_ptr(), v.stride(0), i.data_ptr(), f.data_ptr(), i.stride(0),
        C.data_ptr(), n.data_ptr(), m.data_ptr(), None if reset is None else reset.data_ptr(),
-       1.0 / math.sqrt(dk), eps, max_exp_arg(dtype),
+       1.0 / math.sqrt(dk), eps, MAX_EXP[dtype],
        h.data_ptr(), C_out.data_ptr(), n_out.data_ptr(), m_out.data_ptr())
     return h.to(in_dtype), (C_out, n_out, m_out)
