@@ -193,7 +193,7 @@ def test_switched_off_or_without_a_working_compiler_the_torch_path_runs(tmp_path
     assert not list((tmp_path / "c").glob("*.so"))  # nothing half-built is left behind
 
 
-def test_the_library_is_cached_and_a_damaged_copy_is_rebuilt(tmp_path: Path) -> None:
+def test_the_library_is_cached_and_a_damaged_or_untrusted_copy_is_rebuilt(tmp_path: Path) -> None:
     env = {"XLSTM_RL_CACHE": str(tmp_path)}
     first = _run_python(PROBE, env)
     assert first.startswith("False True |")
@@ -203,6 +203,10 @@ def test_the_library_is_cached_and_a_damaged_copy_is_rebuilt(tmp_path: Path) -> 
     lib.write_bytes(b"not a shared library")
     assert _run_python(PROBE, env).startswith("False True |")
     assert lib.read_bytes()[:4] == b"\x7fELF"
+    lib.chmod(0o666)  # writable by anyone: not trusted, built again
+    stamp = lib.stat().st_mtime_ns
+    assert _run_python(PROBE, env).startswith("False True |")
+    assert lib.stat().st_mtime_ns != stamp and not lib.stat().st_mode & 0o022
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
 
 

@@ -5,7 +5,8 @@ them in well under a second on first use. The library is cached per user under
 ``$XLSTM_RL_CACHE`` (default ``$XDG_CACHE_HOME/xlstm-rl`` or ``~/.cache/xlstm-rl``), keyed by
 a digest of the sources, the compiler, its flags and the CPU's instruction-set flags (the
 build uses ``-march=native``), and written under a temporary name then renamed, so concurrent
-processes never load a half-written file.
+processes never load a half-written file. A cached library another user owns, or one others
+may write, is never loaded (it is rebuilt).
 
 Nothing here is required: without a compiler, with ``XLSTM_RL_CPU_KERNELS=0``, or when a build
 fails, :func:`load_library` returns None and callers use the PyTorch path (same math, more
@@ -94,6 +95,15 @@ def _build(cc: str, flags: tuple[str, ...], target: Path) -> str | None:
             os.unlink(tmp)
 
 
+def _trusted(path: Path) -> bool:
+    """Loading a library runs its code: a cached one is used only if this user owns it and
+    no one else may write it (else it is rebuilt over)."""
+    if not hasattr(os, "getuid"):
+        return True
+    st = path.stat()
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
 def _open(path: Path) -> ctypes.CDLL | None:
     try:
         lib = ctypes.CDLL(str(path))
@@ -111,7 +121,7 @@ def _find_or_build() -> tuple[ctypes.CDLL | None, str]:
     why = "not built"
     for flags in _FLAG_SETS:
         target = cache_dir() / f"xlstm_rl_cpu_{_key(cc, flags)}.so"
-        lib = _open(target) if target.exists() else None
+        lib = _open(target) if target.exists() and _trusted(target) else None
         if lib is None:
             try:
                 failed = _build(cc, flags, target)
