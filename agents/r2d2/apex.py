@@ -82,7 +82,8 @@ class ApexLearner:
         self.endpoint = mailbox.LearnerEndpoint(self.num_actors)
         mailbox.serve(self.endpoint)
         self._publish()
-        init_rpc(mailbox.LEARNER, 0, self.num_actors + 1)
+        init_rpc(mailbox.LEARNER, 0, self.num_actors + 1)  # returns once every actor joined
+        self.endpoint.joined()
         self.global_step, self.iteration, self.total_steps = 0, 0, 0
         self.logger: Any = None
         self.gone: set[int] = set()

@@ -72,6 +72,14 @@ class LearnerEndpoint:
         with self.lock:
             self.last_heard[actor] = time.monotonic()
 
+    def joined(self) -> None:
+        """Every actor has joined the RPC group (now): an actor not heard from yet counts its
+        silence from here, so one that dies before its first call is noticed too."""
+        now = time.monotonic()
+        with self.lock:
+            for actor in range(1, self.num_actors + 1):
+                self.last_heard.setdefault(actor, now)
+
     def deliver(self, delivery: Delivery) -> bool:
         """Queues a delivery once; returns False for one already seen (or after stop)."""
         self.heard(delivery.actor)
@@ -102,7 +110,8 @@ class LearnerEndpoint:
             return self.version, newer, self.stop
 
     def silent_actors(self, seconds: float) -> list[int]:
-        """Actors not heard from for ``seconds`` (and not finished)."""
+        """Actors not heard from for ``seconds`` (and not finished); before :meth:`joined`, an
+        actor never heard from is not counted (it may still be starting)."""
         now = time.monotonic()
         with self.lock:
             return [a for a in range(1, self.num_actors + 1) if a not in self.finished
