@@ -65,6 +65,16 @@ def test_weights_are_pulled_only_when_newer_and_silence_is_noticed() -> None:
     assert box.silent_actors(10.0) == [2]
 
 
+def test_an_actor_that_dies_before_its_first_call_is_noticed() -> None:
+    box = LearnerEndpoint(num_actors=2)
+    box.heard(1)
+    assert box.silent_actors(0.05) == []     # actor 2 may still be starting: not counted
+    box.joined()                              # the RPC group formed: its clock starts
+    time.sleep(0.1)
+    box.heard(1)
+    assert box.silent_actors(0.05) == [2]
+
+
 def test_actor_epsilons_split_the_ape_x_schedule_over_all_envs() -> None:
     cfg = R2D2Config()
     parts = [actor_epsilons(cfg, a, 3, 4).numpy() for a in (1, 2, 3)]
@@ -104,8 +114,11 @@ def _rank_of(pid: int) -> int:
 
 def test_the_learner_goes_on_when_an_actor_dies(tmp_path) -> None:
     run = tmp_path / "run"
+    # The budget must outlast the 3 s actor timeout after the kill: at 3,000 steps a fast
+    # machine finished within 3 s of it, before the silence could be noticed.
+    steps = 12_000
     cmd = [sys.executable, "-m", "xlstm_rl", "train", "r2d2-mlstm-tmaze", "--actors", "2",
-           *FAST, "--set", "r2d2.actor_timeout=3", "--total-steps", "3000",
+           *FAST, "--set", "r2d2.actor_timeout=3", "--total-steps", str(steps),
            "--run-dir", str(run)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
@@ -119,8 +132,8 @@ def test_the_learner_goes_on_when_an_actor_dies(tmp_path) -> None:
     assert proc.returncode == 0, err[-2000:]
     assert "actor 2 has not answered" in out and "going on with 1 actor(s)" in out
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["apex/actors_alive"] == 1.0 and rows[-1]["step"] >= 3000
-    assert json.loads((run / "eval.json").read_text())["global_step"] >= 3000
+    assert rows[-1]["apex/actors_alive"] == 1.0 and rows[-1]["step"] >= steps
+    assert json.loads((run / "eval.json").read_text())["global_step"] >= steps
 
 
 @pytest.mark.learning
