@@ -119,10 +119,10 @@ def mlstm_chunkwise(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
     if resolve_backend(backend, q.device) == "triton":
         return _triton_ops().mlstm_chunkwise(q, k, v, i, f, state=state, reset=reset,
                                              chunk_size=chunk_size, eps=eps)
-    S = q.shape[2]
-    even = -(-S // -(-S // chunk_size)) if S else chunk_size
-    return mlstm_chunkwise_fused(q, k, v, i, f, state=state, reset=reset, chunk_size=even,
-                                 eps=eps)
+    S = q.shape[2]  # >= 1 (checked above)
+    chunks = -(-S // chunk_size)
+    return mlstm_chunkwise_fused(q, k, v, i, f, state=state, reset=reset,
+                                 chunk_size=-(-S // chunks), eps=eps)
 
 
 def mlstm_recurrent(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,

@@ -165,7 +165,7 @@ class MLSTMBlock(nn.Module):
         h, (C, n, m) = mlstm_cell_inplace(q, k, v, gates, (C, n, m))
         h = F.group_norm(h.view(B, -1), H, self.cell_norm.weight, None, self.cell_norm.eps)
         h = h.addcmul_(self.skip, xc).mul_(F.silu(z))
-        return F.linear(h, self.down.weight, self.down.bias).add_(x), [C, n, m, window]
+        return F.linear(h, *weight_bias(down)).add_(x), [C, n, m, window]
 
     def _kernel_weights(self) -> dict[str, Tensor]:
         """The parameters :func:`~xlstm_rl.kernels.cpu.mlstm_block_step` reads (through the
