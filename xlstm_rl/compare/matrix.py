@@ -127,8 +127,9 @@ def build_matrix(preset: Preset, *, cores: Sequence[str] | None = None,
         preset: The named preset.
         cores: Cores to run (default: the preset's).
         tasks: Tasks to run (default: the preset's); a task outside the preset runs with the
-            first plan's lengths, budget and evaluation schedule.
-        algos: Algorithms (default: the preset's, or every registered one).
+            first plan's algorithms, lengths, budget and evaluation schedule.
+        algos: Algorithms (default: each plan's, else the preset's, else every registered
+            one); a plan with its own list is narrowed to these.
         seeds: Seeds per cell (default: the preset's).
         lengths: Memory lengths for every task (default: each plan's).
         steps: Step budget per cell (default: each plan's).
@@ -171,4 +172,4 @@ def build_matrix(preset: Preset, *, cores: Sequence[str] | None = None,
                         overrides = _cell_overrides(preset, task, algo, core, length, plan, extra)
                         cells.extend(Cell(algo, task_name, length, core, seed, base, overrides,
                                           steps or plan.steps) for seed in range(n_seeds))
-    return cells, notes
+    return cells, list(dict.fromkeys(notes))  # two plans may skip the same pair
