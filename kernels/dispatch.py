@@ -19,7 +19,7 @@ from .reference import (MLSTMState, SLSTMState, mlstm_chunkwise_fused, mlstm_ste
                         slstm_sequence_fused, slstm_step_reference)
 from .reference import mlstm_recurrent as _mlstm_recurrent_reference
 from .reference.mlstm_step_fast import mlstm_step_nograd
-from .cpu import mlstm_cell_step
+from .cpu import mlstm_cell_step, mlstm_sequence_cpu
 
 BACKENDS = ("auto", "reference", "triton")
 
@@ -119,6 +119,10 @@ def mlstm_chunkwise(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
     if resolve_backend(backend, q.device) == "triton":
         return _triton_ops().mlstm_chunkwise(q, k, v, i, f, state=state, reset=reset,
                                              chunk_size=chunk_size, eps=eps)
+    if q.device.type == "cpu":
+        compiled = mlstm_sequence_cpu(q, k, v, i, f, state=state, reset=reset, eps=eps)
+        if compiled is not None:
+            return compiled
     S = q.shape[2]  # >= 1 (checked above)
     chunks = -(-S // chunk_size)
     return mlstm_chunkwise_fused(q, k, v, i, f, state=state, reset=reset,

@@ -16,6 +16,7 @@ import math
 import pytest
 import torch
 
+from xlstm_rl.kernels import cpu as cpu_kernels
 from xlstm_rl.kernels import mlstm_chunkwise
 from xlstm_rl.kernels.reference.mlstm_chunkwise import mlstm_chunkwise_reference
 from xlstm_rl.kernels.reference.mlstm_chunkwise_fused import mlstm_chunkwise_fused
@@ -311,8 +312,11 @@ def test_no_grad_forward_and_double_backward():
 
 
 def test_reference_backend_dispatches_to_fused():
+    """Without the compiled CPU kernels (``tests/test_cpu_sequence_kernel.py`` covers the
+    dispatch to them), the reference backend runs this kernel."""
     inputs = [x.requires_grad_() for x in make_inputs(1, 1, 12, 2, 2, seed=47)]
-    h, (c, _, _) = mlstm_chunkwise(*inputs, chunk_size=4, backend="reference")
+    with cpu_kernels.disabled():
+        h, (c, _, _) = mlstm_chunkwise(*inputs, chunk_size=4, backend="reference")
     assert all("ChunkwiseFused" in type(x.grad_fn).__name__ for x in (h, c))
 
 
@@ -324,7 +328,8 @@ def test_dispatch_evens_out_chunks_with_the_same_results(S, chunk_size):
     inputs = make_inputs(B, H, S, dk, dv, seed=71)
     state = make_state(B, H, dk, dv, seed=72)
     dispatched = functools.partial(mlstm_chunkwise, backend="reference")
-    got = run(dispatched, inputs, state, resets(B, S, 7, "mixed"), chunk_size)
+    with cpu_kernels.disabled():  # else the compiled CPU kernel runs (no chunks at all)
+        got = run(dispatched, inputs, state, resets(B, S, 7, "mixed"), chunk_size)
     want = run(mlstm_chunkwise_reference, inputs, state, resets(B, S, 7, "mixed"), chunk_size)
     assert_match(got, want, F64_TOL)
 

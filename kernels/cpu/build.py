@@ -26,11 +26,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
-SOURCES = ("kernels.c", "mlstm_cell.h", "mlstm_block.h")
+SOURCES = ("kernels.c", "mlstm_cell.h", "mlstm_block.h", "mlstm_sequence.h")
 """Files the library is built from (the first is compiled; the others are included)."""
-ABI_VERSION = 1
+ABI_VERSION = 2
 """Must equal ``xlstm_cpu_kernels_abi()`` of the loaded library."""
-_FLAG_SETS = (("-O3", "-march=native"), ("-O3",))
+_FLAG_SETS = (("-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=fast"),
+              ("-O3", "-march=native"), ("-O3",))
 _STATE: dict[str, object] = {}
 
 
@@ -80,7 +81,7 @@ def _build(cc: str, flags: tuple[str, ...], target: Path) -> str | None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
-    cmd = [cc, *flags, "-std=c11", "-fPIC", "-shared", "-o", tmp,
+    cmd = [cc, *flags, "-std=c11", "-pthread", "-fPIC", "-shared", "-o", tmp,
            str(_HERE / SOURCES[0]), "-lm"]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)

@@ -1,10 +1,76 @@
-/* Fused CPU kernels of the acting path (float32 and float64), called through ctypes by
- * xlstm_rl.kernels.cpu. Plain C11 and libm: no Python or torch headers, so the system C compiler
- * builds them in well under a second. The math is in mlstm_cell.h and mlstm_block.h. */
+/* Fused CPU kernels (float32 and float64), called through ctypes by xlstm_rl.kernels.cpu. Plain
+ * C11, libm and POSIX threads: no Python or torch headers, so the system C compiler builds them
+ * in about a second. The math is in mlstm_cell.h and mlstm_block.h (the acting step) and
+ * mlstm_sequence.h (the cell over a sequence, forward and backward, for training). */
 #include <math.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
+
+/* Steps between the states the sequence forward keeps for its backward. */
+#define CKPT 16
+#define MAX_THREADS 64
+
+typedef void (*row_task)(const void *args, int64_t row, void *scratch);
+
+struct row_slice {
+    row_task fn;
+    const void *args;
+    int64_t begin, end;
+    void *scratch;
+};
+
+static void *run_slice(void *p)
+{
+    const struct row_slice *s = p;
+    for (int64_t r = s->begin; r < s->end; ++r)
+        s->fn(s->args, r, s->scratch);
+    return NULL;
+}
+
+/* fn(args, row, scratch) for every row in [0, rows), split into contiguous slices over up to
+ * `threads` threads (this one included), each with its own `scratch` bytes. A thread that cannot
+ * be started runs its slice here instead. Returns 0, or 1 when the scratch cannot be allocated
+ * (nothing ran then). */
+static int parallel_rows(row_task fn, const void *args, int64_t rows, int threads, size_t scratch)
+{
+    if (threads > MAX_THREADS)
+        threads = MAX_THREADS;
+    if ((int64_t)threads > rows)
+        threads = (int)rows;
+    if (threads < 1)
+        threads = 1;
+    const size_t stride = (scratch + 63) / 64 * 64;
+    char *mem = NULL;
+    if (stride > 0) {
+        mem = malloc(stride * (size_t)threads);
+        if (mem == NULL)
+            return 1;
+    }
+    struct row_slice slices[MAX_THREADS];
+    pthread_t ids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int w = 0; w < threads; ++w) {
+        slices[w].fn = fn;
+        slices[w].args = args;
+        slices[w].begin = rows * w / threads;
+        slices[w].end = rows * (w + 1) / threads;
+        slices[w].scratch = mem == NULL ? NULL : mem + stride * (size_t)w;
+    }
+    for (int w = 1; w < threads; ++w)
+        started[w] = pthread_create(&ids[w], NULL, run_slice, &slices[w]) == 0;
+    run_slice(&slices[0]);
+    for (int w = 1; w < threads; ++w) {
+        if (started[w])
+            pthread_join(ids[w], NULL);
+        else
+            run_slice(&slices[w]);
+    }
+    free(mem);
+    return 0;
+}
 
 #define SCALAR float
 #define CELL_HEAD cell_head_f32
@@ -16,7 +82,12 @@
 #define FABS fabsf
 #define SQRT sqrtf
 #include "mlstm_cell.h"
+#define VEC_LANES 16
+#define TYPED(name) name##_f32
 #include "mlstm_block.h"
+#include "mlstm_sequence.h"
+#undef VEC_LANES
+#undef TYPED
 #undef SCALAR
 #undef CELL_HEAD
 #undef DOT
@@ -37,7 +108,10 @@
 #define FABS fabs
 #define SQRT sqrt
 #include "mlstm_cell.h"
+#define VEC_LANES 8
+#define TYPED(name) name##_f64
 #include "mlstm_block.h"
+#include "mlstm_sequence.h"
 
 /* Bumped whenever a signature above changes, so a stale cached library is never called. */
-int xlstm_cpu_kernels_abi(void) { return 1; }
+int xlstm_cpu_kernels_abi(void) { return 2; }

@@ -1,0 +1,360 @@
+/* The mLSTM cell over a sequence, forward and exact backward, included by kernels.c once per
+ * scalar type (define SCALAR, TYPED(name) (the name with the type's suffix), VEC_LANES (lanes of
+ * 64 bytes), CELL_HEAD, EXP, LOG1P, FABS first; mlstm_cell.h must come before it).
+ *
+ * The recurrent form of Beck et al. 2024, "xLSTM" (arXiv:2405.04517), Section 2.3 and Appendix
+ * A (the step is CELL_HEAD of mlstm_cell.h), one (batch row, head) pair per task, the pairs
+ * spread over threads. The backward is the exact gradient of that step loop as autograd takes
+ * it through the PyTorch reference (xlstm_rl/kernels/reference/mlstm_recurrent.py), with
+ * torch's tie rules: torch.maximum gives half the gradient to each side of a tie, |x| at 0
+ * gives none, and clamp_max passes the gradient where its input is <= the bound. Per step t
+ * (entering state C, n, m; a reset makes them 0 and stops every gradient into them):
+ *
+ *   a = logsigmoid(f) + m,  m' = max(a, i),  f' = exp(a - m'),  i' = exp(i - m')
+ *   C' = f' C + i' k v^T,   n' = f' n + i' k,   qn = q~ . n',   g = exp(min(-m', max_exp))
+ *   den = max(|qn|, g) + eps,   h = C'^T q~ / den,   q~ = q * scale
+ *
+ * backward, given dh and the gradients dC', dn', dm' flowing back into the new state:
+ *
+ *   dden = -(dh . h) / den;  its share s of the max goes to |qn| (dqn = s dden sign(qn)), the
+ *   rest to g (dm' -= (1 - s) dden g);  dC' += q~ (dh / den)^T;  dn' += dqn q~
+ *   dq~ = C' (dh / den) + dqn n';  df' = <dC', C> + dn' . n;  u = dC' v
+ *   di' = k . (u + dn');  dk = i' (u + dn');  dv = i' dC'^T k
+ *   dm' -= f' df' + i' di';  da = f' df' + s2 dm';  di = i' di' + (1 - s2) dm'  (s2: a's share)
+ *   df = da sigmoid(-f);  dC = f' dC';  dn = f' dn';  dm = da
+ *
+ * The forward keeps the state entering every CKPT-th step and the stabilizer m of every step;
+ * the backward rebuilds the matrix memories of one CKPT-step segment at a time from there (the
+ * same operations as the forward, so the same values) and walks it backwards: one pass over
+ * C', C and dC' per step. Memory: CKPT matrices per thread, one per CKPT steps per pair kept.
+ * The backward's inner loop is written in GCC/Clang vector types (VEC, VLEN lanes of 64 bytes;
+ * the compiler lowers them to whatever SIMD the target has), so its three reductions stay in
+ * registers: plain loops left them to the auto-vectorizer, which spilled them every iteration.
+ */
+
+#define SEQ_ARGS TYPED(seq_args)
+#define SEQ_FWD_ROW TYPED(seq_fwd_row)
+#define SEQ_BWD_ROW TYPED(seq_bwd_row)
+#define SEQ_GATES TYPED(seq_gates)
+#define GATE_PARTS TYPED(gate_parts)
+#define SEQ_REBUILD TYPED(seq_rebuild)
+#define SEQ_BWD_STEP TYPED(seq_bwd_step)
+#define SEQ_FWD TYPED(xlstm_mlstm_seq_fwd)
+#define SEQ_BWD TYPED(xlstm_mlstm_seq_bwd)
+#define VEC_HALF TYPED(vec_half)
+#define VEC_QUARTER TYPED(vec_quarter)
+#define VSUM TYPED(vsum)
+#define VLOAD TYPED(vload)
+#define VSTORE TYPED(vstore)
+#define SEQ_FRESH TYPED(seq_fresh)
+#define VEC TYPED(vec)
+
+typedef SCALAR VEC __attribute__((vector_size(64)));
+#define VLEN ((int64_t)VEC_LANES)
+typedef SCALAR VEC_HALF __attribute__((vector_size(32)));
+typedef SCALAR VEC_QUARTER __attribute__((vector_size(16)));
+
+/* Unaligned vector load and store (memcpy: no alignment or aliasing assumption). */
+static inline VEC VLOAD(const SCALAR *p)
+{
+    VEC x;
+    memcpy(&x, p, sizeof x);
+    return x;
+}
+
+static inline void VSTORE(SCALAR *p, VEC x) { memcpy(p, &x, sizeof x); }
+
+/* The sum of a vector's lanes by halving (register shuffles and adds; a lane loop or a memcpy
+ * made GCC keep the loop's accumulators in memory). */
+static inline SCALAR VSUM(VEC x)
+{
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#if VEC_LANES == 16
+    const VEC_HALF h = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7)
+                       + __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+    const VEC_QUARTER q = __builtin_shufflevector(h, h, 0, 1, 2, 3)
+                          + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+    return (q[0] + q[2]) + (q[1] + q[3]);
+#else
+    const VEC_HALF h = __builtin_shufflevector(x, x, 0, 1, 2, 3)
+                       + __builtin_shufflevector(x, x, 4, 5, 6, 7);
+    const VEC_QUARTER q = __builtin_shufflevector(h, h, 0, 1) + __builtin_shufflevector(h, h, 2, 3);
+    return q[0] + q[1];
+#endif
+#else
+    SCALAR sum = 0;
+    for (int l = 0; l < VEC_LANES; ++l)
+        sum += x[l];
+    return sum;
+#endif
+}
+
+typedef struct {
+    int64_t H, S, dk, dv;
+    const SCALAR *q, *k, *v, *ig, *fg;       /* q, k [.., dk], v [.., dv], gates: strided */
+    int64_t q_s[3], k_s[3], v_s[3], g_s[3];  /* (batch, head, time) strides, in elements */
+    const uint8_t *reset;                    /* [B, S] or NULL */
+    const SCALAR *C0, *n0, *m0;              /* [B,H,dk,dv], [B,H,dk], [B,H] or NULL (zeros) */
+    SCALAR scale, eps, max_exp;
+    SCALAR *h;                               /* [B, H, S, dv] */
+    SCALAR *C, *n, *m;                       /* final state (forward) */
+    SCALAR *ck_C, *ck_n, *m_all;             /* [B,H,nseg-1,dk,dv], [B,H,nseg-1,dk], [B,H,S] */
+    const SCALAR *dh;                        /* [B, H, S, dv] (backward) or NULL (zeros) */
+    int64_t dh_s[3];
+    const SCALAR *dC, *dn, *dm;              /* gradients of the final state or NULL */
+    SCALAR *dq, *dkk, *dvv, *di, *df;        /* [B,H,S,dk], [B,H,S,dk], [B,H,S,dv], [B,H,S] */
+    SCALAR *dC0, *dn0, *dm0;                 /* or NULL (not wanted) */
+} SEQ_ARGS;
+
+static void SEQ_FWD_ROW(const void *args, int64_t row, void *scratch)
+{
+    (void)scratch;
+    const SEQ_ARGS *a = args;
+    const int64_t b = row / a->H, hd = row % a->H, dk = a->dk, dv = a->dv, S = a->S;
+    const int64_t mat = dk * dv;
+    SCALAR *C = a->C + row * mat, *n = a->n + row * dk, m = 0;
+    if (a->C0 != NULL) {
+        memcpy(C, a->C0 + row * mat, sizeof(SCALAR) * (size_t)mat);
+        memcpy(n, a->n0 + row * dk, sizeof(SCALAR) * (size_t)dk);
+        m = a->m0[row];
+    } else {
+        memset(C, 0, sizeof(SCALAR) * (size_t)mat);
+        memset(n, 0, sizeof(SCALAR) * (size_t)dk);
+    }
+    const int64_t nseg = (S + CKPT - 1) / CKPT;
+    for (int64_t t = 0; t < S; ++t) {
+        if (a->ck_C != NULL && t > 0 && t % CKPT == 0) {  /* segment 0 enters from C0, n0 */
+            const int64_t at = row * (nseg - 1) + t / CKPT - 1;
+            memcpy(a->ck_C + at * mat, C, sizeof(SCALAR) * (size_t)mat);
+            memcpy(a->ck_n + at * dk, n, sizeof(SCALAR) * (size_t)dk);
+        }
+        const int fresh = a->reset != NULL && a->reset[b * S + t] != 0;
+        const int64_t g = b * a->g_s[0] + hd * a->g_s[1] + t * a->g_s[2];
+        CELL_HEAD(dk, dv, a->q + b * a->q_s[0] + hd * a->q_s[1] + t * a->q_s[2],
+                  a->k + b * a->k_s[0] + hd * a->k_s[1] + t * a->k_s[2],
+                  a->v + b * a->v_s[0] + hd * a->v_s[1] + t * a->v_s[2],
+                  a->ig[g], a->fg[g], C, n, m, fresh, a->scale, a->eps, a->max_exp,
+                  a->h + (row * S + t) * dv, C, n, &m);
+        if (a->m_all != NULL)
+            a->m_all[row * S + t] = m;
+    }
+    a->m[row] = m;
+}
+
+/* True when step t of `row` starts from the zero state: a reset, or t = 0 without C0. */
+static inline int SEQ_FRESH(const SEQ_ARGS *a, int64_t row, int64_t t)
+{
+    return (a->reset != NULL && a->reset[(row / a->H) * a->S + t] != 0)
+           || (t == 0 && a->C0 == NULL);
+}
+
+/* The step's gates as the forward computed them: f' and i' (exactly, so rebuilt states equal
+ * the forward's), the normalizer floor g, and the shares of the two maxima's gradients. */
+typedef struct { SCALAR fa, ia, floor_, s_a, dlog_f, floor_live; } GATE_PARTS;
+
+static GATE_PARTS SEQ_GATES(SCALAR i, SCALAR f, SCALAR m_old, SCALAR m_new, SCALAR max_exp)
+{
+    GATE_PARTS p;
+    const SCALAR z = EXP(-FABS(f));
+    const SCALAR log_f = (f < 0 ? f : (SCALAR)0) - LOG1P(z);
+    const SCALAR f_tilde = log_f + m_old;
+    SCALAR a_i = i - m_new, a_f = f_tilde - m_new, a_floor = (SCALAR)0 - m_new;
+    a_i = a_i < max_exp ? a_i : max_exp;
+    a_f = a_f < max_exp ? a_f : max_exp;
+    p.floor_live = a_floor <= max_exp ? 1 : 0;
+    a_floor = a_floor < max_exp ? a_floor : max_exp;
+    p.ia = EXP(a_i);
+    p.fa = EXP(a_f);
+    p.floor_ = EXP(a_floor);
+    p.s_a = f_tilde > i ? 1 : (f_tilde == i ? (SCALAR)0.5 : 0);
+    p.dlog_f = f < 0 ? (SCALAR)1 / (1 + z) : z / (1 + z);    /* sigmoid(-f) */
+    return p;
+}
+
+/* Rebuilds C_t, n_t for t in [t0, t1) from the state entering t0 (ck), into Cb / nb. */
+static void SEQ_REBUILD(const SEQ_ARGS *a, int64_t row, int64_t t0, int64_t t1,
+                        const SCALAR *ck_C, const SCALAR *ck_n, SCALAR *Cb, SCALAR *nb)
+{
+    const int64_t b = row / a->H, hd = row % a->H, dk = a->dk, dv = a->dv, S = a->S;
+    const SCALAR *Cp = ck_C, *np = ck_n;
+    for (int64_t t = t0; t < t1; ++t) {
+        const int fresh = SEQ_FRESH(a, row, t);
+        const SCALAR m_old = fresh ? 0 : (t == 0 ? a->m0[row] : a->m_all[row * S + t - 1]);
+        const int64_t g = b * a->g_s[0] + hd * a->g_s[1] + t * a->g_s[2];
+        const GATE_PARTS p = SEQ_GATES(a->ig[g], a->fg[g], m_old, a->m_all[row * S + t],
+                                       a->max_exp);
+        const SCALAR *kb = a->k + b * a->k_s[0] + hd * a->k_s[1] + t * a->k_s[2];
+        const SCALAR *vb = a->v + b * a->v_s[0] + hd * a->v_s[1] + t * a->v_s[2];
+        SCALAR *Co = Cb + (t - t0) * dk * dv, *no = nb + (t - t0) * dk;
+        for (int64_t r = 0; r < dk; ++r) {
+            const SCALAR ik = kb[r] * p.ia;
+            SCALAR *restrict Orow = Co + r * dv;
+            no[r] = fresh ? ik : ik + p.fa * np[r];
+            if (fresh) {
+                for (int64_t j = 0; j < dv; ++j)
+                    Orow[j] = ik * vb[j];
+            } else {
+                const SCALAR *restrict Crow = Cp + r * dv;
+                for (int64_t j = 0; j < dv; ++j)
+                    Orow[j] = Crow[j] * p.fa + ik * vb[j];
+            }
+        }
+        Cp = Co;
+        np = no;
+    }
+}
+
+/* One backward step at t: dC, dn hold the gradient of the new state (updated in place to that
+ * of the entering state); Ct, nt the new state, Cp, np the entering one (ignored after a reset).
+ * Returns the gradient of the entering stabilizer. */
+static SCALAR SEQ_BWD_STEP(const SEQ_ARGS *a, int64_t row, int64_t t, const SCALAR *Ct,
+                           const SCALAR *nt, const SCALAR *Cp, const SCALAR *np, SCALAR *dC,
+                           SCALAR *dn, SCALAR dm_new, SCALAR *dnum, SCALAR *dvacc)
+{
+    const int64_t b = row / a->H, hd = row % a->H, dk = a->dk, dv = a->dv, S = a->S;
+    const int fresh = SEQ_FRESH(a, row, t);
+    const SCALAR m_old = fresh ? 0 : (t == 0 ? a->m0[row] : a->m_all[row * S + t - 1]);
+    const int64_t g = b * a->g_s[0] + hd * a->g_s[1] + t * a->g_s[2];
+    const GATE_PARTS p = SEQ_GATES(a->ig[g], a->fg[g], m_old, a->m_all[row * S + t], a->max_exp);
+    const SCALAR *qb = a->q + b * a->q_s[0] + hd * a->q_s[1] + t * a->q_s[2];
+    const SCALAR *kb = a->k + b * a->k_s[0] + hd * a->k_s[1] + t * a->k_s[2];
+    const SCALAR *vb = a->v + b * a->v_s[0] + hd * a->v_s[1] + t * a->v_s[2];
+    const SCALAR *hb = a->h + (row * S + t) * dv;
+    const SCALAR *dhb = a->dh == NULL ? NULL
+        : a->dh + b * a->dh_s[0] + hd * a->dh_s[1] + t * a->dh_s[2];
+    SCALAR qn = 0;
+    for (int64_t r = 0; r < dk; ++r)
+        qn += qb[r] * a->scale * nt[r];
+    const SCALAR mag = FABS(qn), den = (mag > p.floor_ ? mag : p.floor_) + a->eps;
+    SCALAR dh_h = 0;
+    for (int64_t j = 0; j < dv; ++j) {
+        dnum[j] = dhb == NULL ? 0 : dhb[j] / den;
+        dh_h += dhb == NULL ? 0 : dhb[j] * hb[j];
+        dvacc[j] = 0;
+    }
+    const SCALAR dden = -dh_h / den;
+    const SCALAR s_mag = mag > p.floor_ ? 1 : (mag == p.floor_ ? (SCALAR)0.5 : 0);
+    const SCALAR dqn = s_mag * dden * (qn > 0 ? 1 : (qn < 0 ? -1 : 0));
+    dm_new -= (1 - s_mag) * dden * p.floor_ * p.floor_live;
+    SCALAR *dqb = a->dq + (row * S + t) * dk, *dkb = a->dkk + (row * S + t) * dk;
+    SCALAR dfa = 0, dia = 0;
+    VEC f_acc = {0};
+    const int64_t dv_vec = dv - dv % VLEN;
+    for (int64_t r = 0; r < dk; ++r) {
+        const SCALAR qr = qb[r] * a->scale, kr = kb[r];
+        const SCALAR *restrict Crow = Ct + r * dv;
+        const SCALAR *restrict Prow = Cp + r * dv;
+        SCALAR *restrict Drow = dC + r * dv;
+        VEC q_acc = {0}, u_acc = {0};
+        for (int64_t j = 0; j < dv_vec; j += VLEN) {
+            const VEC g_num = VLOAD(dnum + j);
+            const VEC d = VLOAD(Drow + j) + qr * g_num;
+            q_acc += VLOAD(Crow + j) * g_num;
+            if (!fresh)
+                f_acc += d * VLOAD(Prow + j);
+            u_acc += d * VLOAD(vb + j);
+            VSTORE(dvacc + j, VLOAD(dvacc + j) + kr * d);
+            VSTORE(Drow + j, d * p.fa);
+        }
+        SCALAR sq = VSUM(q_acc), su = VSUM(u_acc);
+        for (int64_t j = dv_vec; j < dv; ++j) {
+            const SCALAR d = Drow[j] + qr * dnum[j];
+            sq += Crow[j] * dnum[j];
+            dfa += fresh ? 0 : d * Prow[j];
+            su += d * vb[j];
+            dvacc[j] += kr * d;
+            Drow[j] = d * p.fa;
+        }
+        const SCALAR dnr = dn[r] + dqn * qr;
+        dqb[r] = (sq + dqn * nt[r]) * a->scale;
+        dfa += fresh ? 0 : dnr * np[r];
+        dia += kr * (su + dnr);
+        dkb[r] = p.ia * (su + dnr);
+        dn[r] = dnr * p.fa;
+    }
+    dfa += VSUM(f_acc);
+    SCALAR *dvb = a->dvv + (row * S + t) * dv;
+    for (int64_t j = 0; j < dv; ++j)
+        dvb[j] = p.ia * dvacc[j];
+    dm_new -= p.fa * dfa + p.ia * dia;
+    const SCALAR da = p.fa * dfa + p.s_a * dm_new;
+    a->di[row * S + t] = p.ia * dia + (1 - p.s_a) * dm_new;
+    a->df[row * S + t] = da * p.dlog_f;
+    if (fresh) {
+        memset(dC, 0, sizeof(SCALAR) * (size_t)(dk * dv));
+        memset(dn, 0, sizeof(SCALAR) * (size_t)dk);
+        return 0;
+    }
+    return da;
+}
+
+static void SEQ_BWD_ROW(const void *args, int64_t row, void *scratch)
+{
+    const SEQ_ARGS *a = args;
+    const int64_t dk = a->dk, dv = a->dv, S = a->S, mat = dk * dv;
+    const int64_t nseg = (S + CKPT - 1) / CKPT;
+    SCALAR *Cb = scratch, *nb = Cb + CKPT * mat, *dC = nb + CKPT * dk, *dn = dC + mat;
+    SCALAR *dnum = dn + dk, *dvacc = dnum + dv;
+    SCALAR dm = a->dm != NULL ? a->dm[row] : 0;
+    if (a->dC != NULL) {
+        memcpy(dC, a->dC + row * mat, sizeof(SCALAR) * (size_t)mat);
+        memcpy(dn, a->dn + row * dk, sizeof(SCALAR) * (size_t)dk);
+    } else {
+        memset(dC, 0, sizeof(SCALAR) * (size_t)mat);
+        memset(dn, 0, sizeof(SCALAR) * (size_t)dk);
+    }
+    for (int64_t seg = nseg - 1; seg >= 0; --seg) {
+        const int64_t t0 = seg * CKPT, t1 = t0 + CKPT < S ? t0 + CKPT : S;
+        /* The state entering the segment (never read when its first step is fresh). */
+        const SCALAR *ck_C = seg > 0 ? a->ck_C + (row * (nseg - 1) + seg - 1) * mat
+                                     : (a->C0 != NULL ? a->C0 + row * mat : Cb);
+        const SCALAR *ck_n = seg > 0 ? a->ck_n + (row * (nseg - 1) + seg - 1) * dk
+                                     : (a->C0 != NULL ? a->n0 + row * dk : nb);
+        SEQ_REBUILD(a, row, t0, t1, ck_C, ck_n, Cb, nb);
+        for (int64_t t = t1 - 1; t >= t0; --t) {
+            const SCALAR *Cp = t == t0 ? ck_C : Cb + (t - t0 - 1) * mat;
+            const SCALAR *np = t == t0 ? ck_n : nb + (t - t0 - 1) * dk;
+            dm = SEQ_BWD_STEP(a, row, t, Cb + (t - t0) * mat, nb + (t - t0) * dk, Cp, np,
+                              dC, dn, dm, dnum, dvacc);
+        }
+    }
+    if (a->dC0 != NULL) {
+        memcpy(a->dC0 + row * mat, dC, sizeof(SCALAR) * (size_t)mat);
+        memcpy(a->dn0 + row * dk, dn, sizeof(SCALAR) * (size_t)dk);
+        a->dm0[row] = dm;
+    }
+}
+
+/* Forward over B * H (row, head) pairs on `threads` threads. ck_C == NULL: keep nothing for a
+ * backward. Returns 0, or 1 when a thread cannot be started or memory allocated. */
+int SEQ_FWD(int64_t B, const SEQ_ARGS *args, int threads)
+{
+    return parallel_rows(SEQ_FWD_ROW, args, B * args->H, threads, 0);
+}
+
+/* Backward of SEQ_FWD (which must have kept its checkpoints in args). */
+int SEQ_BWD(int64_t B, const SEQ_ARGS *args, int threads)
+{
+    const int64_t mat = args->dk * args->dv;
+    const size_t scratch = sizeof(SCALAR) * (size_t)(CKPT * (mat + args->dk) + mat + args->dk
+                                                     + 2 * args->dv);
+    return parallel_rows(SEQ_BWD_ROW, args, B * args->H, threads, scratch);
+}
+
+#undef SEQ_ARGS
+#undef SEQ_FWD_ROW
+#undef SEQ_BWD_ROW
+#undef SEQ_GATES
+#undef GATE_PARTS
+#undef SEQ_REBUILD
+#undef SEQ_BWD_STEP
+#undef SEQ_FWD
+#undef SEQ_BWD
+#undef VEC_HALF
+#undef VEC_QUARTER
+#undef VSUM
+#undef VLOAD
+#undef VSTORE
+#undef SEQ_FRESH
+#undef VEC
+#undef VLEN
