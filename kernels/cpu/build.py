@@ -26,9 +26,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
-SOURCES = ("kernels.c", "mlstm_cell.h", "mlstm_block.h", "mlstm_sequence.h")
+SOURCES = ("kernels.c", "mlstm_cell.h", "mlstm_block.h", "mlstm_sequence.h",
+           "mlstm_block_train.h")
 """Files the library is built from (the first is compiled; the others are included)."""
-ABI_VERSION = 2
+ABI_VERSION = 3
 """Must equal ``xlstm_cpu_kernels_abi()`` of the loaded library."""
 _FLAG_SETS = (("-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=fast"),
               ("-O3", "-march=native"), ("-O3",))

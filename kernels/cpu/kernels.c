@@ -1,7 +1,8 @@
 /* Fused CPU kernels (float32 and float64), called through ctypes by xlstm_rl.kernels.cpu. Plain
  * C11, libm and POSIX threads: no Python or torch headers, so the system C compiler builds them
- * in about a second. The math is in mlstm_cell.h and mlstm_block.h (the acting step) and
- * mlstm_sequence.h (the cell over a sequence, forward and backward, for training). */
+ * in about a second. The math is in mlstm_cell.h and mlstm_block.h (the acting step),
+ * mlstm_sequence.h (the cell over a sequence, forward and backward) and mlstm_block_train.h (the
+ * rest of the block's training path, forward and backward). */
 #include <math.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -31,10 +32,13 @@ static void *run_slice(void *p)
 }
 
 /* fn(args, row, scratch) for every row in [0, rows), split into contiguous slices over up to
- * `threads` threads (this one included), each with its own `scratch` bytes. A thread that cannot
- * be started runs its slice here instead. Returns 0, or 1 when the scratch cannot be allocated
+ * `threads` threads (this one included), each with its own `scratch` bytes, zeroed (a row task
+ * may keep partial sums there). A thread that cannot be started runs its slice here instead.
+ * With `kept`, the scratch memory is handed back there (slices 64-byte aligned, `*used` of
+ * them) for the caller to read and free. Returns 0, or 1 when the scratch cannot be allocated
  * (nothing ran then). */
-static int parallel_rows(row_task fn, const void *args, int64_t rows, int threads, size_t scratch)
+static int parallel_rows(row_task fn, const void *args, int64_t rows, int threads, size_t scratch,
+                         char **kept, int *used)
 {
     if (threads > MAX_THREADS)
         threads = MAX_THREADS;
@@ -45,7 +49,7 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
     const size_t stride = (scratch + 63) / 64 * 64;
     char *mem = NULL;
     if (stride > 0) {
-        mem = malloc(stride * (size_t)threads);
+        mem = calloc((size_t)threads, stride);
         if (mem == NULL)
             return 1;
     }
@@ -68,7 +72,12 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
         else
             run_slice(&slices[w]);
     }
-    free(mem);
+    if (kept != NULL) {
+        *kept = mem;
+        *used = threads;
+    } else {
+        free(mem);
+    }
     return 0;
 }
 
@@ -86,6 +95,7 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
 #define TYPED(name) name##_f32
 #include "mlstm_block.h"
 #include "mlstm_sequence.h"
+#include "mlstm_block_train.h"
 #undef VEC_LANES
 #undef TYPED
 #undef SCALAR
@@ -112,6 +122,7 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
 #define TYPED(name) name##_f64
 #include "mlstm_block.h"
 #include "mlstm_sequence.h"
+#include "mlstm_block_train.h"
 
 /* Bumped whenever a signature above changes, so a stale cached library is never called. */
-int xlstm_cpu_kernels_abi(void) { return 2; }
+int xlstm_cpu_kernels_abi(void) { return 3; }

@@ -329,7 +329,7 @@ static void SEQ_BWD_ROW(const void *args, int64_t row, void *scratch)
  * backward. Returns 0, or 1 when a thread cannot be started or memory allocated. */
 int SEQ_FWD(int64_t B, const SEQ_ARGS *args, int threads)
 {
-    return parallel_rows(SEQ_FWD_ROW, args, B * args->H, threads, 0);
+    return parallel_rows(SEQ_FWD_ROW, args, B * args->H, threads, 0, NULL, NULL);
 }
 
 /* Backward of SEQ_FWD (which must have kept its checkpoints in args). */
@@ -338,7 +338,7 @@ int SEQ_BWD(int64_t B, const SEQ_ARGS *args, int threads)
     const int64_t mat = args->dk * args->dv;
     const size_t scratch = sizeof(SCALAR) * (size_t)(CKPT * (mat + args->dk) + mat + args->dk
                                                      + 2 * args->dv);
-    return parallel_rows(SEQ_BWD_ROW, args, B * args->H, threads, scratch);
+    return parallel_rows(SEQ_BWD_ROW, args, B * args->H, threads, scratch, NULL, NULL);
 }
 
 #undef SEQ_ARGS

@@ -84,13 +84,18 @@ def _run(direction: str, dtype: torch.dtype, B: int, args: Any) -> None:
                           "its scratch memory")
 
 
-def _forward(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
-             state: tuple[Tensor, ...] | None, reset: Tensor | None, eps: float, keep: bool
-             ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
-    """Runs the C forward; returns ``(h, C, n, m)`` and (when ``keep``) what the backward
-    needs besides the inputs: the states entering segments 1.. (``[B,H,nseg-1,Dk,Dv]``,
-    ``[B,H,nseg-1,Dk]``; segment 0 enters from the initial state) and the stabilizers
-    ``[B,H,S]``."""
+def sequence_forward(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
+                     state: tuple[Tensor, ...] | None, reset: Tensor | None, eps: float,
+                     keep: bool) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """The C forward on prepared inputs (one dtype; q, k, v with a dense last dim; i and f of
+    one layout; state and reset contiguous).
+
+    Returns:
+        ``(h [B,H,S,Dv], C, n, m)`` and, when ``keep``, what :func:`sequence_backward` needs
+        besides the inputs: the states entering segments 1.. (``[B,H,nseg-1,Dk,Dv]``,
+        ``[B,H,nseg-1,Dk]``; segment 0 enters from the initial state) and the stabilizers
+        ``[B,H,S]`` (else ``()``).
+    """
     B, H, S, dk = q.shape
     dv, dtype = v.shape[-1], q.dtype
     args = _ARGS[dtype]()
@@ -108,6 +113,50 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
     return outs, kept
 
 
+def sequence_backward(inputs: tuple[Tensor, ...], state: tuple[Tensor, ...] | None,
+                      reset: Tensor | None, eps: float, h: Tensor, kept: tuple[Tensor, ...],
+                      grads_out: tuple[Tensor | None, ...], state_grads: bool
+                      ) -> tuple[list[Tensor], list[Tensor | None]]:
+    """The C backward of :func:`sequence_forward`.
+
+    Args:
+        inputs: ``(q, k, v, i, f)`` as given to the forward; state, reset, eps: likewise.
+        h, kept: The forward's output ``h`` and its kept tensors.
+        grads_out: Gradients of ``(h, C, n, m)``, each None for zeros.
+        state_grads: Also compute the initial state's gradients (needs ``state``).
+
+    Returns:
+        ``[dq, dk, dv, di, df]`` (dense ``[B,H,S,...]``) and ``[dC0, dn0, dm0]`` (Nones unless
+        ``state_grads``).
+    """
+    q, k, v, i, f = inputs
+    B, H, S, dk = q.shape
+    dtype = q.dtype
+    args = _ARGS[dtype]()
+    _fill_inputs(args, q, k, v, i, f, reset, state, eps)
+    args.h, args.ck_C, args.ck_n, args.m_all = (t.data_ptr() for t in (h, *kept))
+    dh, dC, dn, dm = grads_out
+    if dh is not None:
+        dh = _lastdim_dense(dh.to(dtype))
+        args.dh, args.dh_s = dh.data_ptr(), _strides(dh)
+    if dC is not None or dn is not None:
+        dC = q.new_zeros(B, H, dk, v.shape[-1]) if dC is None else dC.to(dtype).contiguous()
+        dn = q.new_zeros(B, H, dk) if dn is None else dn.to(dtype).contiguous()
+        args.dC, args.dn = dC.data_ptr(), dn.data_ptr()
+    if dm is not None:
+        dm = dm.to(dtype).contiguous()
+        args.dm = dm.data_ptr()
+    grads = [q.new_empty(q.shape), q.new_empty(k.shape), q.new_empty(v.shape),
+             q.new_empty(B, H, S), q.new_empty(B, H, S)]
+    args.dq, args.dkk, args.dvv, args.di, args.df = (g.data_ptr() for g in grads)
+    initial: list[Tensor | None] = [None, None, None]
+    if state_grads and state is not None:
+        initial = [q.new_empty(t.shape) for t in state]
+        args.dC0, args.dn0, args.dm0 = (_ptr(g) for g in initial)
+    _run("bwd", dtype, B, args)
+    return grads, initial
+
+
 class _MLSTMSequence(torch.autograd.Function):
     """Inputs prepared by :func:`mlstm_sequence_cpu` (one dtype, last dims dense)."""
 
@@ -116,41 +165,22 @@ class _MLSTMSequence(torch.autograd.Function):
                 C0: Tensor | None, n0: Tensor | None, m0: Tensor | None,
                 reset: Tensor | None, eps: float) -> tuple[Tensor, ...]:
         state = None if C0 is None else (C0, n0, m0)
-        outs, kept = _forward(q, k, v, i, f, state, reset, eps, keep=True)  # type: ignore[arg-type]
+        outs, kept = sequence_forward(q, k, v, i, f, state, reset, eps,  # type: ignore[arg-type]
+                                      keep=True)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, reset, outs[0], *kept)
-        ctx.eps, ctx.has_state = eps, C0 is not None
+        ctx.eps = eps
         return outs
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dh: Tensor | None, dC: Tensor | None, dn: Tensor | None,  # noqa: ANN001
-                 dm: Tensor | None) -> tuple[Tensor | None, ...]:
-        q, k, v, i, f, C0, n0, m0, reset, h, ck_C, ck_n, m_all = ctx.saved_tensors
-        B, H, S, dk = q.shape
-        dtype = q.dtype
-        args = _ARGS[dtype]()
-        _fill_inputs(args, q, k, v, i, f, reset, None if C0 is None else (C0, n0, m0), ctx.eps)
-        args.h, args.ck_C, args.ck_n, args.m_all = (t.data_ptr() for t in (h, ck_C, ck_n, m_all))
-        if dh is not None:
-            dh = _lastdim_dense(dh.to(dtype))
-            args.dh, args.dh_s = dh.data_ptr(), _strides(dh)
-        if dC is not None or dn is not None:
-            dC = q.new_zeros(B, H, dk, v.shape[-1]) if dC is None else dC.to(dtype).contiguous()
-            dn = q.new_zeros(B, H, dk) if dn is None else dn.to(dtype).contiguous()
-            args.dC, args.dn = dC.data_ptr(), dn.data_ptr()
-        if dm is not None:
-            dm = dm.to(dtype).contiguous()
-            args.dm = dm.data_ptr()
-        grads = [q.new_empty(q.shape), q.new_empty(k.shape), q.new_empty(v.shape),
-                 q.new_empty(B, H, S), q.new_empty(B, H, S)]
-        args.dq, args.dkk, args.dvv, args.di, args.df = (g.data_ptr() for g in grads)
-        state_grads: list[Tensor | None] = [None, None, None]
-        if ctx.has_state and any(ctx.needs_input_grad[5:8]):
-            state_grads = [q.new_empty(C0.shape), q.new_empty(n0.shape), q.new_empty(m0.shape)]
-            args.dC0, args.dn0, args.dm0 = (_ptr(g) for g in state_grads)
-        _run("bwd", dtype, B, args)
-        wanted = [g if need else None for g, need in zip(grads + state_grads,
+    def backward(ctx, *grads_out: Tensor | None) -> tuple[Tensor | None, ...]:  # noqa: ANN001
+        q, k, v, i, f, C0, n0, m0, reset, h, *kept = ctx.saved_tensors
+        state = None if C0 is None else (C0, n0, m0)
+        grads, initial = sequence_backward((q, k, v, i, f), state, reset, ctx.eps, h,
+                                           tuple(kept), grads_out,
+                                           any(ctx.needs_input_grad[5:8]))
+        wanted = [g if need else None for g, need in zip(grads + initial,
                                                          ctx.needs_input_grad[:8])]
         return (*wanted, None, None)
 
@@ -167,7 +197,8 @@ def mlstm_sequence_cpu(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
 
     Args:
         q, k: ``[B, H, S, Dk]``; v: ``[B, H, S, Dv]``; i, f: ``[B, H, S]`` (any strides; a
-            copy is made only where the last dim is not dense or i and f differ in layout).
+            copy is made only where q, k or v has a strided last dim or i and f differ in
+            layout).
             CPU float32 or float64 tensors, all of one dtype.
         state: optional ``(C [B,H,Dk,Dv], n [B,H,Dk], m [B,H])`` of that dtype.
         reset: optional ``[B, S]`` bool, True where the state starts over before that step.
@@ -184,7 +215,7 @@ def mlstm_sequence_cpu(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
             or not all(t.is_cpu and t.dtype is dtype for t in tensors) or not available(dtype)):
         return None
     q, k, v = (_lastdim_dense(t) for t in (q, k, v))
-    if i.stride() != f.stride() or i.stride(-1) != 1:
+    if i.stride() != f.stride():
         i, f = i.contiguous(), f.contiguous()
     dense = None if state is None else tuple(t.contiguous() for t in state)
     if reset is not None:
@@ -193,5 +224,5 @@ def mlstm_sequence_cpu(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
         C0, n0, m0 = (None, None, None) if dense is None else dense
         h, C, n, m = _MLSTMSequence.apply(q, k, v, i, f, C0, n0, m0, reset, eps)
     else:
-        (h, C, n, m), _ = _forward(q, k, v, i, f, dense, reset, eps, keep=False)
+        (h, C, n, m), _ = sequence_forward(q, k, v, i, f, dense, reset, eps, keep=False)
     return h, (C, n, m)

@@ -17,7 +17,8 @@ from tensordict import TensorDict
 from torch import Tensor, nn
 
 from xlstm_rl.kernels import mlstm_chunkwise, mlstm_step
-from xlstm_rl.kernels.cpu import mlstm_block_step
+from xlstm_rl.kernels.cpu import mlstm_block_forward, mlstm_block_step
+from xlstm_rl.kernels.dispatch import resolve_backend
 from xlstm_rl.kernels.reference.mlstm_step_fast import mlstm_cell_inplace
 
 from .config import CoreConfig
@@ -82,8 +83,22 @@ class MLSTMBlock(nn.Module):
 
     def forward(self, x: Tensor, state: TensorDict, reset: Tensor | None
                 ) -> tuple[Tensor, TensorDict]:
-        """``x [B, T, dim]`` -> ``[B, T, dim]``; ``reset [B, T]``."""
-        xm, z = self.up(self.norm(x)).chunk(2, dim=-1)
+        """``x [B, T, dim]`` -> ``[B, T, dim]``; ``reset [B, T]``.
+
+        On CPU (float32 / float64, compiled kernels available) everything between the two
+        projections is one compiled autograd node (:mod:`xlstm_rl.kernels.cpu`); else the
+        PyTorch ops below, which define it.
+        """
+        up = self.up(self.norm(x))
+        if x.device.type == "cpu" and resolve_backend(self.backend, x.device) == "reference":
+            fused = mlstm_block_forward(up, state["conv"], reset, self._kernel_weights(),
+                                      [state["C"], state["n"], state["m"]], self.heads,
+                                      self.cell_norm.eps)
+            if fused is not None:
+                out, (C, n, m, window) = fused
+                return x + self.down(out), TensorDict({"C": C, "n": n, "m": m, "conv": window},
+                                                      batch_size=state.batch_size)
+        xm, z = up.chunk(2, dim=-1)
         xc, window = self.conv(xm, state["conv"], reset)
         xc = F.silu(xc)
         q, k, v, i, f = self._qkv_gates(xc, xm)
