@@ -17,6 +17,7 @@ import torch
 from xlstm_rl.cores.config import CoreConfig
 from xlstm_rl.cores.mlstm_block import MLSTMBlock
 from xlstm_rl.kernels import cpu as cpu_kernels
+from xlstm_rl.kernels.cpu import mlstm_cell as cell_module
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 STATE_GRADS = ("dC", "dn", "dm")
@@ -126,6 +127,26 @@ def test_without_resets_and_with_a_zero_state():
     got = run(block, x, state, None, compiled=True)
     want = run(block, x, state, None, compiled=False)
     assert_match(got, want, TOL[torch.float64])
+
+
+def test_threads_do_not_change_a_bit(monkeypatch):
+    """Threads split the batch rows; only the weight gradients' summation order changes: 1
+    and 3 threads (forced onto these small sizes) agree to float64 rounding."""
+    monkeypatch.setattr(cell_module, "PARALLEL_MIN_ELEMENTS", 0)
+    block = make_block(16, 2, 4, 4, torch.float64)
+    x, state, reset = make_case(block, 5, 21, seed=7)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run(block, x, state, reset, compiled=True)
+        torch.set_num_threads(3)
+        three = run(block, x, state, reset, compiled=True)
+    finally:
+        torch.set_num_threads(threads)
+    want = run(block, x, state, reset, compiled=False)
+    assert_match(three, want, TOL[torch.float64])
+    for name, value in one.items():
+        assert torch.allclose(value, three[name], rtol=1e-13, atol=0), name
 
 
 def test_no_grad_forward_gives_the_same_values():

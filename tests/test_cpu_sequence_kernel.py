@@ -20,6 +20,7 @@ from test_mlstm_chunkwise_fused import (  # tests/ is on sys.path under pytest
 
 from xlstm_rl.kernels import cpu as cpu_kernels
 from xlstm_rl.kernels import mlstm_chunkwise, mlstm_recurrent
+from xlstm_rl.kernels.cpu import mlstm_cell as cell_module
 from xlstm_rl.kernels.cpu import mlstm_sequence_cpu
 
 
@@ -108,7 +109,8 @@ def test_a_nonfinite_state_discarded_at_t0_does_not_leak():
     assert (got["dC0"][0] == 0).all() and (got["dn0"][0] == 0).all() and got["dm0"][0] == 0
 
 
-def test_no_grad_forward_equals_the_differentiable_one_and_threads_do_not_matter():
+def test_no_grad_forward_equals_the_differentiable_one_and_threads_do_not_matter(monkeypatch):
+    monkeypatch.setattr(cell_module, "PARALLEL_MIN_ELEMENTS", 0)  # thread even these sizes
     inputs = make_inputs(3, 2, 40, 8, 8, seed=14, dtype=torch.float32)
     state = make_state(3, 2, 8, 8, seed=15, dtype=torch.float32)
     r = resets(3, 40, 7, "mixed")

@@ -95,6 +95,7 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
 #define TYPED(name) name##_f32
 #include "mlstm_block.h"
 #include "mlstm_sequence.h"
+#include "vec_exp.h"
 #include "mlstm_block_train.h"
 #undef VEC_LANES
 #undef TYPED
@@ -122,6 +123,7 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
 #define TYPED(name) name##_f64
 #include "mlstm_block.h"
 #include "mlstm_sequence.h"
+#include "vec_exp.h"
 #include "mlstm_block_train.h"
 
 /* Bumped whenever a signature above changes, so a stale cached library is never called. */

@@ -1,5 +1,6 @@
 /* The mLSTM block's training path around the cell, forward and backward, included by kernels.c
- * once per scalar type (define SCALAR, TYPED(name), DOT, EXP, SQRT first).
+ * once per scalar type (define SCALAR, TYPED(name), DOT, SQRT first; vec_exp.h must come before
+ * it: its exp keeps the per-element SiLU and sigmoid loops vectorized).
  *
  * Beck et al. 2024, "xLSTM" (arXiv:2405.04517), Section 2.4 and Figure 10 (right); the PyTorch
  * definition is MLSTMBlock.forward in xlstm_rl/cores/mlstm_block.py, whose autograd the tests
@@ -35,7 +36,7 @@ typedef struct {
     const SCALAR *window;              /* [B, K-1, inner] */
     const uint8_t *reset;              /* [B, T] or NULL */
     const SCALAR *conv_w, *conv_b;     /* [K, inner], [inner] */
-    const SCALAR *qk_w, *v_w;          /* [nb, bs, 2 bs], [nb, bs, bs] */
+    const SCALAR *taps, *taps_t;       /* [3, bs, inner] each: the q, k, v maps by tap, below */
     const SCALAR *gate_w, *gate_b;     /* [2H, 3 inner], [2H] */
     const SCALAR *norm_w, *skip;       /* [inner], [inner] */
     SCALAR norm_eps;
@@ -57,10 +58,16 @@ typedef struct {
 
 /* Weight gradients, in this order in one vector (the post part's first, then the pre part's):
  *   post: norm_w [inner], skip [inner]
- *   pre:  conv_w [K * inner], conv_b [inner], qk_w [inner * 2 bs], v_w [inner * bs],
- *         gate_w [2H * 3 inner], gate_b [2H] */
+ *   pre:  conv_w [K * inner], conv_b [inner], taps [3 * bs * inner], gate_w [2H * 3 inner],
+ *         gate_b [2H]
+ *
+ * The block-diagonal maps (blocks of bs) by tap, so their loops run over all inner channels:
+ * with base(c) = c - c % bs, out[c] = sum_{d < bs} x[base(c) + d] taps[m, d, c] for the maps
+ * m = q, k (x = xc) and v (x = xm), i.e. taps[m, d, j bs + o] = W_m[j, d, o]; the backward
+ * reads taps_t[m, o, j bs + d] = W_m[j, d, o] (d x[c] = sum_o dm[base(c) + o] taps_t[m, o, c])
+ * and sums the taps' gradient g[m, d, c] = x[base(c) + d] dm[c]. */
 
-static inline SCALAR BT_SILU(SCALAR x) { return x / ((SCALAR)1 + EXP(-x)); }
+static inline SCALAR BT_SILU(SCALAR x) { return x / ((SCALAR)1 + TYPED(vexp)(-x)); }
 
 /* x_s of row b: xm at step s >= 0, else the carried window row K - 1 + s. */
 static inline const SCALAR *BT_X(const BT_ARGS *a, int64_t b, int64_t s)
@@ -73,8 +80,10 @@ static void BT_FWD_PRE_ROW(const void *args, int64_t b, void *scratch)
 {
     const BT_ARGS *a = args;
     const int64_t T = a->T, H = a->H, inner = H * a->Dh, K = a->K, W = K - 1, bs = a->bs;
-    const int64_t nb = inner / bs;
-    SCALAR *xc = scratch;
+    SCALAR *restrict xc = scratch;
+    int32_t *restrict base = (int32_t *)(xc + inner);
+    for (int64_t c = 0; c < inner; ++c)
+        base[c] = (int32_t)(c - c % bs);
     int64_t start = -K;                                   /* latest reset at or before t */
     for (int64_t t = 0; t < T; ++t) {
         if (a->reset != NULL && a->reset[b * T + t])
@@ -92,21 +101,17 @@ static void BT_FWD_PRE_ROW(const void *args, int64_t b, void *scratch)
             xc[c] = BT_SILU(pre[c]);
         const SCALAR *restrict xm = BT_X(a, b, t);
         SCALAR *restrict qkv = a->qkv + (b * T + t) * 3 * inner;
-        for (int64_t j = 0; j < nb; ++j) {
-            SCALAR *restrict qj = qkv + j * bs, *restrict kj = qkv + inner + j * bs;
-            SCALAR *restrict vj = qkv + 2 * inner + j * bs;
-            for (int64_t o = 0; o < bs; ++o)
-                qj[o] = kj[o] = vj[o] = 0;
-            for (int64_t d = 0; d < bs; ++d) {
-                const SCALAR xcd = xc[j * bs + d], xmd = xm[j * bs + d];
-                const SCALAR *restrict wqk = a->qk_w + (j * bs + d) * 2 * bs;
-                const SCALAR *restrict wv = a->v_w + (j * bs + d) * bs;
-                for (int64_t o = 0; o < bs; ++o) {
-                    qj[o] += xcd * wqk[o];
-                    kj[o] += xcd * wqk[bs + o];
-                    vj[o] += xmd * wv[o];
-                }
+        memset(qkv, 0, sizeof(SCALAR) * (size_t)(3 * inner));
+        for (int64_t d = 0; d < bs; ++d) {
+            const SCALAR *restrict tq = a->taps + d * inner;
+            const SCALAR *restrict tk = a->taps + (bs + d) * inner;
+            const SCALAR *restrict tv = a->taps + (2 * bs + d) * inner;
+            for (int64_t c = 0; c < inner; ++c) {
+                qkv[c] += xc[base[c] + d] * tq[c];
+                qkv[inner + c] += xc[base[c] + d] * tk[c];
             }
+            for (int64_t c = 0; c < inner; ++c)
+                qkv[2 * inner + c] += xm[base[c] + d] * tv[c];
         }
         SCALAR *gates = a->gates + (b * T + t) * 2 * H;
         for (int64_t r = 0; r < 2 * H; ++r)
@@ -162,36 +167,46 @@ static void BT_BWD_POST_ROW(const void *args, int64_t b, void *scratch)
 {
     const BT_ARGS *a = args;
     const int64_t T = a->T, H = a->H, Dh = a->Dh, inner = H * Dh;
-    SCALAR *g_norm = scratch, *g_skip = g_norm + inner, *dhn = g_skip + inner;
+    SCALAR *restrict g_norm = scratch, *restrict g_skip = g_norm + inner;
+    SCALAR *restrict dhn = g_skip + inner, *restrict y = dhn + Dh;
+    SCALAR *restrict xs = y + Dh, *restrict szs = xs + Dh;
+    const SCALAR *restrict norm_w = a->norm_w, *restrict skip = a->skip;
     for (int64_t t = 0; t < T; ++t) {
-        const SCALAR *z = a->up + (b * T + t) * 2 * inner + inner;
-        const SCALAR *pre = a->xc_pre + (b * T + t) * inner;
-        const SCALAR *dout = a->dout + (b * T + t) * inner;
-        SCALAR *dz = a->dup + (b * T + t) * 2 * inner + inner;
-        SCALAR *dxc = a->dxc + (b * T + t) * inner;
+        const SCALAR *restrict z = a->up + (b * T + t) * 2 * inner + inner;
+        const SCALAR *restrict pre = a->xc_pre + (b * T + t) * inner;
+        const SCALAR *restrict dout = a->dout + (b * T + t) * inner;
+        SCALAR *restrict dz = a->dup + (b * T + t) * 2 * inner + inner;
+        SCALAR *restrict dxc = a->dxc + (b * T + t) * inner;
         for (int64_t head = 0; head < H; ++head) {
-            const SCALAR *hv = a->h + ((b * H + head) * T + t) * Dh;
+            const SCALAR *restrict hv = a->h + ((b * H + head) * T + t) * Dh;
+            const int64_t o = head * Dh;
             SCALAR mean, rstd, sum = 0, sum_y = 0;
             TYPED(bt_moments)(hv, Dh, a->norm_eps, &mean, &rstd);
-            for (int64_t e = 0; e < Dh; ++e) {
-                const int64_t c = head * Dh + e;
-                const SCALAR y = (hv[e] - mean) * rstd, x = BT_SILU(pre[c]);
-                const SCALAR sz = (SCALAR)1 / ((SCALAR)1 + EXP(-z[c]));
-                const SCALAR mixed = y * a->norm_w[c] + a->skip[c] * x;
+            for (int64_t e = 0; e < Dh; ++e) {  /* the exponentials apart: this vectorizes */
+                xs[e] = BT_SILU(pre[o + e]);
+                szs[e] = (SCALAR)1 / ((SCALAR)1 + TYPED(vexp)(-z[o + e]));
+            }
+            for (int64_t e = 0; e < Dh; ++e) {  /* no reductions here: it vectorizes */
+                const int64_t c = o + e;
+                const SCALAR x = xs[e], sz = szs[e];
+                y[e] = (hv[e] - mean) * rstd;
+                const SCALAR mixed = y[e] * norm_w[c] + skip[c] * x;
                 const SCALAR dmixed = dout[c] * z[c] * sz;
                 dz[c] = dout[c] * mixed * sz * ((SCALAR)1 + z[c] * ((SCALAR)1 - sz));
-                g_norm[c] += dmixed * y;
+                g_norm[c] += dmixed * y[e];
                 g_skip[c] += dmixed * x;
-                dxc[c] = dmixed * a->skip[c];
-                dhn[e] = dmixed * a->norm_w[c];
+                dxc[c] = dmixed * skip[c];
+                dhn[e] = dmixed * norm_w[c];
+            }
+            for (int64_t e = 0; e < Dh; ++e) {
                 sum += dhn[e];
-                sum_y += dhn[e] * y;
+                sum_y += dhn[e] * y[e];
             }
             sum /= (SCALAR)Dh;
             sum_y /= (SCALAR)Dh;
             SCALAR *dh = a->dh + ((b * H + head) * T + t) * Dh;
             for (int64_t e = 0; e < Dh; ++e)
-                dh[e] = rstd * (dhn[e] - sum - (hv[e] - mean) * rstd * sum_y);
+                dh[e] = rstd * (dhn[e] - sum - y[e] * sum_y);
         }
     }
 }
@@ -200,10 +215,13 @@ static void BT_BWD_PRE_ROW(const void *args, int64_t b, void *scratch)
 {
     const BT_ARGS *a = args;
     const int64_t T = a->T, H = a->H, Dh = a->Dh, inner = H * Dh, K = a->K, W = K - 1;
-    const int64_t bs = a->bs, nb = inner / bs, G = 3 * inner;
-    SCALAR *g_conv = scratch, *g_conv_b = g_conv + K * inner, *g_qk = g_conv_b + inner;
-    SCALAR *g_v = g_qk + inner * 2 * bs, *g_gate = g_v + inner * bs, *g_gate_b = g_gate + 2 * H * G;
-    SCALAR *dqkv = g_gate_b + 2 * H, *xc = dqkv + G, *dpre = xc + inner;
+    const int64_t bs = a->bs, G = 3 * inner;
+    SCALAR *g_conv = scratch, *g_conv_b = g_conv + K * inner, *g_taps = g_conv_b + inner;
+    SCALAR *g_gate = g_taps + 3 * bs * inner, *g_gate_b = g_gate + 2 * H * G;
+    SCALAR *restrict dqkv = g_gate_b + 2 * H, *restrict xc = dqkv + G, *restrict dpre = xc + inner;
+    int32_t *restrict base = (int32_t *)(dpre + inner);
+    for (int64_t c = 0; c < inner; ++c)
+        base[c] = (int32_t)(c - c % bs);
     int64_t last = -K;
     for (int64_t t = 0; t < T; ++t) {
         memset(a->dup + (b * T + t) * 2 * inner, 0, sizeof(SCALAR) * (size_t)inner);
@@ -229,7 +247,7 @@ static void BT_BWD_PRE_ROW(const void *args, int64_t b, void *scratch)
             start = t;
         const SCALAR *qkv = a->qkv + (b * T + t) * G;
         const SCALAR *pre = a->xc_pre + (b * T + t) * inner;
-        const SCALAR *xm = BT_X(a, b, t);
+        const SCALAR *restrict xm = BT_X(a, b, t);
         /* gates: dqkv = gate_w^T [di; df], and their weight gradients */
         for (int64_t c = 0; c < G; ++c)
             dqkv[c] = 0;
@@ -255,28 +273,30 @@ static void BT_BWD_PRE_ROW(const void *args, int64_t b, void *scratch)
         /* block-diagonal maps: d xc, d xm and their weight gradients */
         for (int64_t c = 0; c < inner; ++c)
             xc[c] = BT_SILU(pre[c]);
-        SCALAR *dxm = a->dup + (b * T + t) * 2 * inner;
-        const SCALAR *dxc_skip = a->dxc + (b * T + t) * inner;
-        for (int64_t j = 0; j < nb; ++j) {
-            const SCALAR *dq = dqkv + j * bs, *dk = dqkv + inner + j * bs;
-            const SCALAR *dv = dqkv + 2 * inner + j * bs;
-            for (int64_t d = 0; d < bs; ++d) {
-                const int64_t c = j * bs + d;
-                const SCALAR *restrict wqk = a->qk_w + c * 2 * bs;
-                const SCALAR *restrict wv = a->v_w + c * bs;
-                SCALAR *restrict gqk = g_qk + c * 2 * bs, *restrict gv = g_v + c * bs;
-                SCALAR sum_c = 0, sum_m = 0;
-                for (int64_t o = 0; o < bs; ++o) {
-                    sum_c += dq[o] * wqk[o] + dk[o] * wqk[bs + o];
-                    sum_m += dv[o] * wv[o];
-                    gqk[o] += xc[c] * dq[o];
-                    gqk[bs + o] += xc[c] * dk[o];
-                    gv[o] += xm[c] * dv[o];
-                }
-                dxm[c] += sum_m;
-                const SCALAR s = (SCALAR)1 / ((SCALAR)1 + EXP(-pre[c]));
-                dpre[c] = (sum_c + dxc_skip[c]) * s * ((SCALAR)1 + pre[c] * ((SCALAR)1 - s));
+        SCALAR *restrict dxm = a->dup + (b * T + t) * 2 * inner;
+        const SCALAR *restrict dxc_skip = a->dxc + (b * T + t) * inner;
+        memcpy(dpre, dxc_skip, sizeof(SCALAR) * (size_t)inner);
+        for (int64_t d = 0; d < bs; ++d) {
+            const SCALAR *restrict tq = a->taps_t + d * inner;
+            const SCALAR *restrict tk = a->taps_t + (bs + d) * inner;
+            const SCALAR *restrict tv = a->taps_t + (2 * bs + d) * inner;
+            SCALAR *restrict gq = g_taps + d * inner, *restrict gk = g_taps + (bs + d) * inner;
+            SCALAR *restrict gv = g_taps + (2 * bs + d) * inner;
+            /* one short loop per stream set: one long loop spilled its pointers and ran scalar */
+            for (int64_t c = 0; c < inner; ++c)
+                dpre[c] += dqkv[base[c] + d] * tq[c] + dqkv[inner + base[c] + d] * tk[c];
+            for (int64_t c = 0; c < inner; ++c)
+                dxm[c] += dqkv[2 * inner + base[c] + d] * tv[c];
+            for (int64_t c = 0; c < inner; ++c) {
+                gq[c] += xc[base[c] + d] * dqkv[c];
+                gk[c] += xc[base[c] + d] * dqkv[inner + c];
             }
+            for (int64_t c = 0; c < inner; ++c)
+                gv[c] += xm[base[c] + d] * dqkv[2 * inner + c];
+        }
+        for (int64_t c = 0; c < inner; ++c) {  /* the SiLU, in a loop of its own: it vectorizes */
+            const SCALAR s = (SCALAR)1 / ((SCALAR)1 + TYPED(vexp)(-pre[c]));
+            dpre[c] *= s * ((SCALAR)1 + pre[c] * ((SCALAR)1 - s));
         }
         /* the causal conv */
         for (int64_t c = 0; c < inner; ++c)
@@ -311,7 +331,7 @@ static void BT_SUM_PARTS(const char *mem, size_t stride, int used, int64_t count
  * memory cannot be allocated. */
 int TYPED(xlstm_mlstm_block_fwd_pre)(int64_t B, const BT_ARGS *args, int threads)
 {
-    const size_t scratch = sizeof(SCALAR) * (size_t)(args->H * args->Dh);
+    const size_t scratch = (sizeof(SCALAR) + sizeof(int32_t)) * (size_t)(args->H * args->Dh);
     return parallel_rows(BT_FWD_PRE_ROW, args, B, threads, scratch, NULL, NULL);
 }
 
@@ -326,7 +346,7 @@ int TYPED(xlstm_mlstm_block_fwd_post)(int64_t B, const BT_ARGS *args, int thread
 int TYPED(xlstm_mlstm_block_bwd_post)(int64_t B, const BT_ARGS *args, int threads, SCALAR *grads)
 {
     const int64_t inner = args->H * args->Dh, count = 2 * inner;
-    const size_t scratch = sizeof(SCALAR) * (size_t)(count + args->Dh);
+    const size_t scratch = sizeof(SCALAR) * (size_t)(count + 4 * args->Dh);
     char *mem = NULL;
     int used = 0;
     if (parallel_rows(BT_BWD_POST_ROW, args, B, threads, scratch, &mem, &used))
@@ -341,9 +361,9 @@ int TYPED(xlstm_mlstm_block_bwd_post)(int64_t B, const BT_ARGS *args, int thread
 int TYPED(xlstm_mlstm_block_bwd_pre)(int64_t B, const BT_ARGS *args, int threads, SCALAR *grads)
 {
     const int64_t inner = args->H * args->Dh, K = args->K, bs = args->bs, G = 3 * inner;
-    const int64_t count = K * inner + inner + inner * 2 * bs + inner * bs + 2 * args->H * G
-                          + 2 * args->H;
-    const size_t scratch = sizeof(SCALAR) * (size_t)(count + G + 2 * inner);
+    const int64_t count = K * inner + inner + 3 * bs * inner + 2 * args->H * G + 2 * args->H;
+    const size_t scratch = sizeof(SCALAR) * (size_t)(count + G + 2 * inner)
+                           + sizeof(int32_t) * (size_t)inner;
     char *mem = NULL;
     int used = 0;
     if (parallel_rows(BT_BWD_PRE_ROW, args, B, threads, scratch, &mem, &used))

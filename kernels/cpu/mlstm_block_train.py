@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .mlstm_cell import C_TYPES, typed_function
+from .mlstm_cell import C_TYPES, threads_for, typed_function
 from .mlstm_sequence import available as sequence_available
 from .mlstm_sequence import sequence_backward, sequence_forward
 
@@ -29,7 +29,8 @@ def _args_type(scalar: type) -> type:
     """The ctypes mirror of ``BT_ARGS`` (mlstm_block_train.h) for one scalar type."""
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     fields: list[tuple[str, Any]] = [(name, i64) for name in ("T", "H", "Dh", "K", "bs")]
-    fields += [(name, p) for name in ("up", "window", "reset", *WEIGHTS)]
+    fields += [(name, p) for name in ("up", "window", "reset", "conv_w", "conv_b", "taps",
+                                      "taps_t", "gate_w", "gate_b", "norm_w", "skip")]
     fields += [("norm_eps", scalar)]
     fields += [(name, p) for name in (
         "xc_pre", "qkv", "gates", "window_out", "h", "out", "dout", "dwindow_out", "dh", "dxc",
@@ -48,14 +49,40 @@ def _function(part: str, dtype: torch.dtype):  # noqa: ANN202
 
 def _call(part: str, dtype: torch.dtype, B: int, args: Any, *extra: int) -> None:
     fn = _function(part, dtype)
-    if fn is None or fn(B, ctypes.byref(args), torch.get_num_threads(), *extra) != 0:
+    threads = threads_for(B * args.T * args.H * args.Dh)
+    if fn is None or fn(B, ctypes.byref(args), threads, *extra) != 0:
         raise MemoryError(f"the compiled mLSTM block ({part}) could not allocate its scratch")
 
 
 def _grad_sizes(weights: dict[str, Tensor]) -> dict[str, int]:
-    """Sizes of the weight gradients in the kernels' gradient vector (post part first)."""
-    order = ("norm_w", "skip", "conv_w", "conv_b", "qk_w", "v_w", "gate_w", "gate_b")
-    return {name: weights[name].numel() for name in order}
+    """Sizes of the weight gradients in the kernels' gradient vector (post part first; the
+    q/k/v maps as their taps, see :func:`_taps`)."""
+    order = ("norm_w", "skip", "conv_w", "conv_b", "taps", "gate_w", "gate_b")
+    taps = weights["qk_w"].numel() + weights["v_w"].numel()
+    return {name: taps if name == "taps" else weights[name].numel() for name in order}
+
+
+def _maps(weights: dict[str, Tensor]) -> Tensor:
+    """The q, k, v block-diagonal weights stacked: ``[3, nb, bs (in), bs (out)]``."""
+    qk, v = weights["qk_w"], weights["v_w"]
+    bs = v.shape[1]
+    return torch.stack([qk[..., :bs], qk[..., bs:], v])
+
+
+def _taps(weights: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """The maps by tap (``mlstm_block_train.h``): ``taps [3, bs, inner]`` with ``taps[m, d,
+    j*bs + o] = W_m[j, d, o]``, and ``taps_t`` with ``taps_t[m, o, j*bs + d] = W_m[j, d, o]``."""
+    W = _maps(weights)
+    three, nb, bs, _ = W.shape
+    return (W.permute(0, 2, 1, 3).reshape(three, bs, nb * bs).contiguous(),
+            W.permute(0, 3, 1, 2).reshape(three, bs, nb * bs).contiguous())
+
+
+def _untap(grad: Tensor, weights: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """The taps' gradient ``[3 * bs * inner]`` as the gradients of ``qk_w`` and ``v_w``."""
+    nb, bs = weights["v_w"].shape[:2]
+    W = grad.view(3, bs, nb, bs).permute(0, 2, 1, 3)                 # [3, nb, bs (in), bs (out)]
+    return torch.cat([W[0], W[1]], dim=-1), W[2].contiguous()
 
 
 def _base_args(up: Tensor, window: Tensor, reset: Tensor | None, weights: dict[str, Tensor],
@@ -68,9 +95,17 @@ def _base_args(up: Tensor, window: Tensor, reset: Tensor | None, weights: dict[s
     args.up, args.window = up.data_ptr(), window.data_ptr()
     args.reset = None if reset is None else reset.data_ptr()
     for name in WEIGHTS:
-        setattr(args, name, weights[name].data_ptr())
+        if name not in ("qk_w", "v_w"):
+            setattr(args, name, weights[name].data_ptr())
     args.norm_eps = norm_eps
     return args
+
+
+def _set_taps(args: Any, weights: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Builds the taps into ``args``; returns them (they must outlive the C calls)."""
+    taps, taps_t = _taps(weights)
+    args.taps, args.taps_t = taps.data_ptr(), taps_t.data_ptr()
+    return taps, taps_t
 
 
 def _cell_inputs(qkv: Tensor, gates: Tensor, heads: int
@@ -91,6 +126,7 @@ def _forward(up: Tensor, window: Tensor, reset: Tensor | None, weights: dict[str
     B, T, two_inner = up.shape
     inner = two_inner // 2
     args = _base_args(up, window, reset, weights, heads, norm_eps)
+    taps = _set_taps(args, weights)
     xc_pre, qkv = up.new_empty(B, T, inner), up.new_empty(B, T, 3 * inner)
     gates, window_out = up.new_empty(B, T, 2 * heads), up.new_empty(window.shape)
     args.xc_pre, args.qkv = xc_pre.data_ptr(), qkv.data_ptr()
@@ -101,7 +137,7 @@ def _forward(up: Tensor, window: Tensor, reset: Tensor | None, weights: dict[str
     out = up.new_empty(B, T, inner)
     args.h, args.out = h.data_ptr(), out.data_ptr()
     _call("fwd_post", up.dtype, B, args)
-    saved = {"xc_pre": xc_pre, "qkv": qkv, "gates": gates, "h": h, "kept": kept}
+    saved = {"xc_pre": xc_pre, "qkv": qkv, "gates": gates, "h": h, "kept": kept, "taps": taps}
     return (out, window_out, C, n, m), saved
 
 
@@ -131,6 +167,7 @@ class _BlockTrain(torch.autograd.Function):
         B, T, two_inner = up.shape
         inner, H, dtype = two_inner // 2, ctx.heads, up.dtype
         args = _base_args(up, window, reset, weights, H, ctx.norm_eps)
+        taps = _set_taps(args, weights)
         args.xc_pre, args.qkv, args.gates, args.h = (t.data_ptr() for t in (xc_pre, qkv, gates, h))
         dout = up.new_zeros(B, T, inner) if dout is None else dout.to(dtype).contiguous()
         dup, dh, dxc = up.new_empty(up.shape), up.new_empty(h.shape), up.new_empty(B, T, inner)
@@ -149,7 +186,9 @@ class _BlockTrain(torch.autograd.Function):
         args.dwindow = None if dwindow is None else dwindow.data_ptr()
         offset = 2 * inner * flat.element_size()  # the post part's norm_w and skip come first
         _call("bwd_pre", dtype, B, args, flat.data_ptr() + offset)
+        del taps  # read by the C calls above
         parts = dict(zip(sizes, flat.split(list(sizes.values()))))
+        parts["qk_w"], parts["v_w"] = _untap(parts["taps"], weights)
         dweights = [parts[name].view(weights[name].shape) for name in WEIGHTS]
         return (dup, dwindow, *initial, None, None, None, None, *dweights)
 

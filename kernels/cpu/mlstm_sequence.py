@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..reference.mlstm_recurrent import MLSTMState, max_exp_arg, state_dtype
-from .mlstm_cell import C_TYPES, typed_function
+from .mlstm_cell import C_TYPES, threads_for, typed_function
 
 CHECKPOINT = 16
 """Steps between the states the forward keeps (``CKPT`` in kernels.c)."""
@@ -79,7 +79,7 @@ def _fill_inputs(args: Any, q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tenso
 
 def _run(direction: str, dtype: torch.dtype, B: int, args: Any) -> None:
     fn = _function(direction, dtype)
-    if fn is None or fn(B, ctypes.byref(args), torch.get_num_threads()) != 0:
+    if fn is None or fn(B, ctypes.byref(args), threads_for(B * args.H * args.S * args.dv)) != 0:
         raise MemoryError(f"the compiled mLSTM sequence {direction}ward could not allocate "
                           "its scratch memory")
 
