@@ -76,6 +76,125 @@ static inline const SCALAR *BT_X(const BT_ARGS *a, int64_t b, int64_t s)
     return s >= 0 ? a->up + (b * a->T + s) * 2 * inner : a->window + (b * W + W + s) * inner;
 }
 
+/* The block-diagonal maps, vectorized where a vector of VEC_LANES channels holds whole blocks
+ * (bs divides VEC_LANES, and inner is a multiple of it: the default bs = 4 does): the input
+ * x[base(c) + d] of tap d, for a vector's channels, is one lane permutation of the vector's own
+ * inputs (GCC's __builtin_shuffle; other compilers take the per-channel loops). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define BT_SPREAD 1
+#if VEC_LANES == 16
+typedef int32_t TYPED(lanes) __attribute__((vector_size(64)));
+#else
+typedef int64_t TYPED(lanes) __attribute__((vector_size(64)));
+#endif
+
+/* Lane l -> (l / bs) * bs + d: every lane of a block reads the block's input d. */
+static inline TYPED(lanes) TYPED(spread_mask)(int64_t d, int64_t bs)
+{
+    TYPED(lanes) m;
+    for (int l = 0; l < VEC_LANES; ++l)
+        m[l] = (l / bs) * bs + d;
+    return m;
+}
+#else
+#define BT_SPREAD 0
+#endif
+
+static inline int TYPED(bt_spreads)(int64_t bs, int64_t inner)
+{
+    return BT_SPREAD && bs <= VEC_LANES && VEC_LANES % bs == 0 && inner % VEC_LANES == 0;
+}
+
+/* qkv = the three maps of (xc, xc, xm), by tap. */
+static void TYPED(bt_maps_fwd)(const BT_ARGS *a, int64_t inner, const SCALAR *restrict xc,
+                               const SCALAR *restrict xm, const int32_t *restrict base,
+                               SCALAR *restrict qkv)
+{
+    const int64_t bs = a->bs;
+    const SCALAR *taps = a->taps;
+#if BT_SPREAD
+    if (TYPED(bt_spreads)(bs, inner)) {
+        for (int64_t o = 0; o < inner; o += VEC_LANES) {
+            const TYPED(vec) x = TYPED(vload)(xc + o), y = TYPED(vload)(xm + o);
+            TYPED(vec) q = {0}, k = {0}, v = {0};
+            for (int64_t d = 0; d < bs; ++d) {
+                const TYPED(lanes) m = TYPED(spread_mask)(d, bs);
+                const TYPED(vec) xd = __builtin_shuffle(x, m), yd = __builtin_shuffle(y, m);
+                q += xd * TYPED(vload)(taps + d * inner + o);
+                k += xd * TYPED(vload)(taps + (bs + d) * inner + o);
+                v += yd * TYPED(vload)(taps + (2 * bs + d) * inner + o);
+            }
+            TYPED(vstore)(qkv + o, q);
+            TYPED(vstore)(qkv + inner + o, k);
+            TYPED(vstore)(qkv + 2 * inner + o, v);
+        }
+        return;
+    }
+#endif
+    memset(qkv, 0, sizeof(SCALAR) * (size_t)(3 * inner));
+    for (int64_t d = 0; d < bs; ++d) {
+        const SCALAR *restrict tq = taps + d * inner, *restrict tk = taps + (bs + d) * inner;
+        const SCALAR *restrict tv = taps + (2 * bs + d) * inner;
+        for (int64_t c = 0; c < inner; ++c) {
+            qkv[c] += xc[base[c] + d] * tq[c];
+            qkv[inner + c] += xc[base[c] + d] * tk[c];
+        }
+        for (int64_t c = 0; c < inner; ++c)
+            qkv[2 * inner + c] += xm[base[c] + d] * tv[c];
+    }
+}
+
+/* Backward of the maps: dpre += d xc, dxm += d xm, and the taps' gradients g. */
+static void TYPED(bt_maps_bwd)(const BT_ARGS *a, int64_t inner, const SCALAR *restrict xc,
+                               const SCALAR *restrict xm, const int32_t *restrict base,
+                               const SCALAR *restrict dqkv, SCALAR *restrict dpre,
+                               SCALAR *restrict dxm, SCALAR *restrict g)
+{
+    const int64_t bs = a->bs;
+    const SCALAR *taps = a->taps_t;
+#if BT_SPREAD
+    if (TYPED(bt_spreads)(bs, inner)) {
+        for (int64_t o = 0; o < inner; o += VEC_LANES) {
+            const TYPED(vec) x = TYPED(vload)(xc + o), y = TYPED(vload)(xm + o);
+            const TYPED(vec) dq = TYPED(vload)(dqkv + o), dk = TYPED(vload)(dqkv + inner + o);
+            const TYPED(vec) dv = TYPED(vload)(dqkv + 2 * inner + o);
+            TYPED(vec) dx = TYPED(vload)(dpre + o), dy = TYPED(vload)(dxm + o);
+            for (int64_t d = 0; d < bs; ++d) {
+                const TYPED(lanes) m = TYPED(spread_mask)(d, bs);
+                const TYPED(vec) xd = __builtin_shuffle(x, m), yd = __builtin_shuffle(y, m);
+                dx += __builtin_shuffle(dq, m) * TYPED(vload)(taps + d * inner + o)
+                      + __builtin_shuffle(dk, m) * TYPED(vload)(taps + (bs + d) * inner + o);
+                dy += __builtin_shuffle(dv, m) * TYPED(vload)(taps + (2 * bs + d) * inner + o);
+                SCALAR *gq = g + d * inner + o, *gk = g + (bs + d) * inner + o;
+                SCALAR *gv = g + (2 * bs + d) * inner + o;
+                TYPED(vstore)(gq, TYPED(vload)(gq) + xd * dq);
+                TYPED(vstore)(gk, TYPED(vload)(gk) + xd * dk);
+                TYPED(vstore)(gv, TYPED(vload)(gv) + yd * dv);
+            }
+            TYPED(vstore)(dpre + o, dx);
+            TYPED(vstore)(dxm + o, dy);
+        }
+        return;
+    }
+#endif
+    for (int64_t d = 0; d < bs; ++d) {
+        const SCALAR *restrict tq = taps + d * inner, *restrict tk = taps + (bs + d) * inner;
+        const SCALAR *restrict tv = taps + (2 * bs + d) * inner;
+        SCALAR *restrict gq = g + d * inner, *restrict gk = g + (bs + d) * inner;
+        SCALAR *restrict gv = g + (2 * bs + d) * inner;
+        for (int64_t c = 0; c < inner; ++c)
+            dpre[c] += dqkv[base[c] + d] * tq[c] + dqkv[inner + base[c] + d] * tk[c];
+        for (int64_t c = 0; c < inner; ++c)
+            dxm[c] += dqkv[2 * inner + base[c] + d] * tv[c];
+        for (int64_t c = 0; c < inner; ++c) {
+            gq[c] += xc[base[c] + d] * dqkv[c];
+            gk[c] += xc[base[c] + d] * dqkv[inner + c];
+        }
+        for (int64_t c = 0; c < inner; ++c)
+            gv[c] += xm[base[c] + d] * dqkv[2 * inner + c];
+    }
+}
+
 static void BT_FWD_PRE_ROW(const void *args, int64_t b, void *scratch)
 {
     const BT_ARGS *a = args;
@@ -101,18 +220,7 @@ static void BT_FWD_PRE_ROW(const void *args, int64_t b, void *scratch)
             xc[c] = BT_SILU(pre[c]);
         const SCALAR *restrict xm = BT_X(a, b, t);
         SCALAR *restrict qkv = a->qkv + (b * T + t) * 3 * inner;
-        memset(qkv, 0, sizeof(SCALAR) * (size_t)(3 * inner));
-        for (int64_t d = 0; d < bs; ++d) {
-            const SCALAR *restrict tq = a->taps + d * inner;
-            const SCALAR *restrict tk = a->taps + (bs + d) * inner;
-            const SCALAR *restrict tv = a->taps + (2 * bs + d) * inner;
-            for (int64_t c = 0; c < inner; ++c) {
-                qkv[c] += xc[base[c] + d] * tq[c];
-                qkv[inner + c] += xc[base[c] + d] * tk[c];
-            }
-            for (int64_t c = 0; c < inner; ++c)
-                qkv[2 * inner + c] += xm[base[c] + d] * tv[c];
-        }
+        TYPED(bt_maps_fwd)(a, inner, xc, xm, base, qkv);
         SCALAR *gates = a->gates + (b * T + t) * 2 * H;
         for (int64_t r = 0; r < 2 * H; ++r)
             gates[r] = DOT(3 * inner, a->gate_w + r * 3 * inner, qkv) + a->gate_b[r];
@@ -276,24 +384,7 @@ static void BT_BWD_PRE_ROW(const void *args, int64_t b, void *scratch)
         SCALAR *restrict dxm = a->dup + (b * T + t) * 2 * inner;
         const SCALAR *restrict dxc_skip = a->dxc + (b * T + t) * inner;
         memcpy(dpre, dxc_skip, sizeof(SCALAR) * (size_t)inner);
-        for (int64_t d = 0; d < bs; ++d) {
-            const SCALAR *restrict tq = a->taps_t + d * inner;
-            const SCALAR *restrict tk = a->taps_t + (bs + d) * inner;
-            const SCALAR *restrict tv = a->taps_t + (2 * bs + d) * inner;
-            SCALAR *restrict gq = g_taps + d * inner, *restrict gk = g_taps + (bs + d) * inner;
-            SCALAR *restrict gv = g_taps + (2 * bs + d) * inner;
-            /* one short loop per stream set: one long loop spilled its pointers and ran scalar */
-            for (int64_t c = 0; c < inner; ++c)
-                dpre[c] += dqkv[base[c] + d] * tq[c] + dqkv[inner + base[c] + d] * tk[c];
-            for (int64_t c = 0; c < inner; ++c)
-                dxm[c] += dqkv[2 * inner + base[c] + d] * tv[c];
-            for (int64_t c = 0; c < inner; ++c) {
-                gq[c] += xc[base[c] + d] * dqkv[c];
-                gk[c] += xc[base[c] + d] * dqkv[inner + c];
-            }
-            for (int64_t c = 0; c < inner; ++c)
-                gv[c] += xm[base[c] + d] * dqkv[2 * inner + c];
-        }
+        TYPED(bt_maps_bwd)(a, inner, xc, xm, base, dqkv, dpre, dxm, g_taps);
         for (int64_t c = 0; c < inner; ++c) {  /* the SiLU, in a loop of its own: it vectorizes */
             const SCALAR s = (SCALAR)1 / ((SCALAR)1 + TYPED(vexp)(-pre[c]));
             dpre[c] *= s * ((SCALAR)1 + pre[c] * ((SCALAR)1 - s));
@@ -381,3 +472,4 @@ int TYPED(xlstm_mlstm_block_bwd_pre)(int64_t B, const BT_ARGS *args, int threads
 #undef BT_SUM_PARTS
 #undef BT_SILU
 #undef BT_X
+#undef BT_SPREAD
