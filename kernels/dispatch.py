@@ -22,6 +22,12 @@ from .reference.mlstm_step_fast import mlstm_step_nograd
 from .cpu import mlstm_cell_step, mlstm_sequence_cpu
 
 BACKENDS = ("auto", "reference", "triton")
+COMPILED_MAX_STEPS = 256
+"""Longest sequence ``mlstm_chunkwise`` gives the compiled CPU kernel (the recurrent form):
+measured fwd+bwd, heads of 64, it takes 0.6x the chunkwise PyTorch kernel's time at 16 x 16
+and 2 x 256 (batch x steps) and about 1.0x at 64 x 121, but 2.3x at 2 x 1024, where the
+chunkwise form's matrix products win. (The mLSTM block's compiled path always takes it: the
+rest of the block gains more than that.)"""
 
 
 @functools.cache
@@ -102,11 +108,14 @@ def mlstm_chunkwise(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
                     ) -> tuple[Tensor, MLSTMState]:
     """Chunkwise-parallel mLSTM (training path). Shapes as :func:`mlstm_recurrent`.
 
-    The reference backend runs ``mlstm_chunkwise_fused`` (one autograd node, hand-written exact
-    backward), checked against the plain-autograd ``mlstm_chunkwise_reference``, which stays the
-    readable definition of the chunkwise form. It evens the chunks out: as many chunks as
-    ``chunk_size`` needs, each ``ceil(S / chunks)`` long (S = 81 at 64: two chunks of 41, not
-    64 + 17 padded to 128; the outputs are the same, up to rounding, for any chunking).
+    The reference backend runs, for CPU float32/float64 sequences of at most
+    ``COMPILED_MAX_STEPS`` steps, the compiled recurrent kernel (``xlstm_rl.kernels.cpu``, one
+    autograd node) where it is available; else ``mlstm_chunkwise_fused`` (one autograd node,
+    hand-written exact backward), checked against the plain-autograd
+    ``mlstm_chunkwise_reference``, which stays the readable definition of the chunkwise form.
+    The latter evens the chunks out: as many chunks as ``chunk_size`` needs, each ``ceil(S /
+    chunks)`` long (S = 81 at 64: two chunks of 41, not 64 + 17 padded to 128; the outputs are
+    the same, up to rounding, for any chunking, and for the recurrent form).
 
     Args:
         chunk_size: at most this many steps per chunk, >= 1 (16..256 are the tuned sizes; any
@@ -119,11 +128,11 @@ def mlstm_chunkwise(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
     if resolve_backend(backend, q.device) == "triton":
         return _triton_ops().mlstm_chunkwise(q, k, v, i, f, state=state, reset=reset,
                                              chunk_size=chunk_size, eps=eps)
-    if q.device.type == "cpu":
+    S = q.shape[2]  # >= 1 (checked above)
+    if q.device.type == "cpu" and S <= COMPILED_MAX_STEPS:
         compiled = mlstm_sequence_cpu(q, k, v, i, f, state=state, reset=reset, eps=eps)
         if compiled is not None:
             return compiled
-    S = q.shape[2]  # >= 1 (checked above)
     chunks = -(-S // chunk_size)
     return mlstm_chunkwise_fused(q, k, v, i, f, state=state, reset=reset,
                                  chunk_size=-(-S // chunks), eps=eps)

@@ -191,3 +191,15 @@ def test_the_training_dispatch_takes_it_on_cpu_and_falls_back_without_it():
         assert "ChunkwiseFused" in type(h.grad_fn).__name__
         want = run(dispatched, inputs, state, r, 16)
     assert_match(got, want, F32_TOL)
+
+
+def test_long_sequences_go_to_the_chunkwise_kernel(monkeypatch):
+    """Past ``COMPILED_MAX_STEPS`` the chunkwise PyTorch kernel runs (its matrix products win
+    on long sequences)."""
+    from xlstm_rl.kernels import dispatch
+
+    monkeypatch.setattr(dispatch, "COMPILED_MAX_STEPS", 8)
+    for S, node in ((8, "MLSTMSequence"), (9, "ChunkwiseFused")):
+        xs = [x.requires_grad_() for x in make_inputs(1, 1, S, 2, 2, seed=23)]
+        h, _ = mlstm_chunkwise(*xs, chunk_size=4, backend="reference")
+        assert node in type(h.grad_fn).__name__, (S, type(h.grad_fn).__name__)
