@@ -9,6 +9,8 @@ $(STAMP): pyproject.toml setup.py
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e ".[dev]"
+	@# Build the compiled CPU kernels into the user's cache now (a few seconds), not on first use.
+	$(VENV)/bin/python -c "from xlstm_rl.kernels.cpu import load_library; load_library()"
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -1,7 +1,8 @@
 """Compiles the C kernels of this folder once per machine and loads them with ctypes.
 
-The sources are plain C11 + libm (no Python or torch headers), so the system C compiler builds
-them in well under a second on first use. The library is cached per user under
+The sources are plain C11, libm and POSIX threads (no Python or torch headers), so the system C
+compiler builds them in a few seconds on first use (``make`` does it while setting up the
+environment). The library is cached per user under
 ``$XLSTM_RL_CACHE`` (default ``$XDG_CACHE_HOME/xlstm-rl`` or ``~/.cache/xlstm-rl``), keyed by
 a digest of the sources, the compiler, its flags and the CPU's instruction-set flags (the
 build uses ``-march=native``), and written under a temporary name then renamed, so concurrent
@@ -77,24 +78,46 @@ def _key(cc: str, flags: tuple[str, ...]) -> str:
     return h.hexdigest()[:20]
 
 
+PARTS = ("32", "64")
+"""``kernels.c`` is compiled once per scalar type (``-DXLSTM_PART=32`` / ``64``), the two at
+the same time, then linked: on two cores this halves the build (about 3 s instead of 6)."""
+
+
+def _run_all(cmds: list[list[str]]) -> str | None:
+    """Runs the commands at once; None when all succeed, else the first failure."""
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for cmd in cmds]
+    failed = None
+    for cmd, proc in zip(cmds, procs):
+        try:
+            _, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            err = "timed out after 120 s"
+        if proc.returncode != 0 and failed is None:
+            failed = f"{' '.join(cmd[:3])} ... failed: {(err or '').strip()[:200]}"
+    return failed
+
+
 def _build(cc: str, flags: tuple[str, ...], target: Path) -> str | None:
     """Compiles into ``target`` (atomically); returns None on success, else why it failed."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    cmd = [cc, *flags, "-std=c11", "-pthread", "-fPIC", "-shared", "-o", tmp,
-           str(_HERE / SOURCES[0]), "-lm"]
+    work = tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)
+    tmp = os.path.join(work, "lib.so")
+    objects = [os.path.join(work, f"part{part}.o") for part in PARTS]
+    compile_cmds = [[cc, *flags, "-std=c11", "-pthread", "-fPIC", f"-DXLSTM_PART={part}", "-c",
+                     "-o", obj, str(_HERE / SOURCES[0])] for part, obj in zip(PARTS, objects)]
+    link = [cc, *flags, "-pthread", "-shared", "-o", tmp, *objects, "-lm"]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-        if done.returncode != 0:
-            return f"{' '.join(cmd[:3])} ... failed: {(done.stderr or '').strip()[:200]}"
-        os.replace(tmp, target)
-        return None
+        failed = _run_all(compile_cmds) or _run_all([link])
+        if failed is None:
+            os.replace(tmp, target)
+        return failed
     except (OSError, subprocess.SubprocessError) as exc:
         return f"{cc} could not be run: {exc}"
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _trusted(path: Path) -> bool:

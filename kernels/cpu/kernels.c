@@ -1,6 +1,7 @@
 /* Fused CPU kernels (float32 and float64), called through ctypes by xlstm_rl.kernels.cpu. Plain
  * C11, libm and POSIX threads: no Python or torch headers, so the system C compiler builds them
- * in about a second. The math is in mlstm_cell.h and mlstm_block.h (the acting step),
+ * in a few seconds (build.py compiles this file once per scalar type, -DXLSTM_PART=32 / 64, the
+ * two at once, and links them; without XLSTM_PART it holds both). The math is in mlstm_cell.h and mlstm_block.h (the acting step),
  * mlstm_sequence.h (the cell over a sequence, forward and backward) and mlstm_block_train.h (the
  * rest of the block's training path, forward and backward). */
 #include <math.h>
@@ -81,6 +82,7 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
     return 0;
 }
 
+#if !defined(XLSTM_PART) || XLSTM_PART == 32
 #define SCALAR float
 #define CELL_HEAD cell_head_f32
 #define DOT dot_f32
@@ -109,6 +111,9 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
 #undef FABS
 #undef SQRT
 
+#endif
+
+#if !defined(XLSTM_PART) || XLSTM_PART == 64
 #define SCALAR double
 #define CELL_HEAD cell_head_f64
 #define DOT dot_f64
@@ -126,5 +131,9 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
 #include "vec_exp.h"
 #include "mlstm_block_train.h"
 
+#endif
+
+#if !defined(XLSTM_PART) || XLSTM_PART == 32
 /* Bumped whenever a signature above changes, so a stale cached library is never called. */
 int xlstm_cpu_kernels_abi(void) { return 3; }
+#endif
