@@ -407,15 +407,23 @@ static void BT_BWD_PRE_ROW(const void *args, int64_t b, void *scratch)
     }
 }
 
-/* Adds the per-thread partial sums (count scalars at the start of each thread's scratch) into
- * out. */
-static void BT_SUM_PARTS(const char *mem, size_t stride, int used, int64_t count, SCALAR *out)
+/* Runs fn over B rows with `scratch` bytes per thread whose first `count` scalars are partial
+ * sums, then adds every thread's sums into out. Returns 0, or 1 (no memory: nothing ran). */
+static int BT_SUM_PARTS(row_task fn, int64_t B, const BT_ARGS *args, int threads,
+                        size_t scratch, int64_t count, SCALAR *out)
 {
+    char *mem = NULL;
+    int used = 0;
+    if (parallel_rows(fn, args, B, threads, scratch, &mem, &used))
+        return 1;
+    const size_t stride = (scratch + 63) / 64 * 64;
     for (int w = 0; w < used; ++w) {
         const SCALAR *part = (const SCALAR *)(mem + stride * (size_t)w);
         for (int64_t c = 0; c < count; ++c)
             out[c] += part[c];
     }
+    free(mem);
+    return 0;
 }
 
 /* The pre part's forward (xc_pre, qkv, gates, window_out) over B rows. Returns 0, or 1 when
@@ -438,13 +446,7 @@ int TYPED(xlstm_mlstm_block_bwd_post)(int64_t B, const BT_ARGS *args, int thread
 {
     const int64_t inner = args->H * args->Dh, count = 2 * inner;
     const size_t scratch = sizeof(SCALAR) * (size_t)(count + 4 * args->Dh);
-    char *mem = NULL;
-    int used = 0;
-    if (parallel_rows(BT_BWD_POST_ROW, args, B, threads, scratch, &mem, &used))
-        return 1;
-    BT_SUM_PARTS(mem, (scratch + 63) / 64 * 64, used, count, grads);
-    free(mem);
-    return 0;
+    return BT_SUM_PARTS(BT_BWD_POST_ROW, B, args, threads, scratch, count, grads);
 }
 
 /* The pre part's backward: dxm (into dup), dwindow; adds the conv, q/k/v and gate weight
@@ -455,13 +457,7 @@ int TYPED(xlstm_mlstm_block_bwd_pre)(int64_t B, const BT_ARGS *args, int threads
     const int64_t count = K * inner + inner + 3 * bs * inner + 2 * args->H * G + 2 * args->H;
     const size_t scratch = sizeof(SCALAR) * (size_t)(count + G + 2 * inner)
                            + sizeof(int32_t) * (size_t)inner;
-    char *mem = NULL;
-    int used = 0;
-    if (parallel_rows(BT_BWD_PRE_ROW, args, B, threads, scratch, &mem, &used))
-        return 1;
-    BT_SUM_PARTS(mem, (scratch + 63) / 64 * 64, used, count, grads);
-    free(mem);
-    return 0;
+    return BT_SUM_PARTS(BT_BWD_PRE_ROW, B, args, threads, scratch, count, grads);
 }
 
 #undef BT_ARGS
