@@ -240,7 +240,41 @@ static SCALAR SEQ_BWD_STEP(const SEQ_ARGS *a, int64_t row, int64_t t, const SCAL
     SCALAR dfa = 0, dia = 0;
     VEC f_acc = {0};
     const int64_t dv_vec = dv - dv % VLEN;
-    for (int64_t r = 0; r < dk; ++r) {
+    int64_t r = 0;
+    /* Two rows at a time where the vector loop covers the row: the dv accumulator is read and
+     * written once per pair, and the loads of dnum and v are shared. */
+    for (; dv_vec == dv && r + 2 <= dk; r += 2) {
+        const SCALAR q0 = qb[r] * a->scale, q1 = qb[r + 1] * a->scale;
+        const SCALAR k0 = kb[r], k1 = kb[r + 1];
+        const SCALAR *restrict C0 = Ct + r * dv, *restrict C1 = C0 + dv;
+        const SCALAR *restrict P0 = Cp + r * dv, *restrict P1 = P0 + dv;
+        SCALAR *restrict D0 = dC + r * dv, *restrict D1 = D0 + dv;
+        VEC qa0 = {0}, qa1 = {0}, ua0 = {0}, ua1 = {0};
+        for (int64_t j = 0; j < dv; j += VLEN) {
+            const VEC g_num = VLOAD(dnum + j), vv = VLOAD(vb + j);
+            const VEC d0 = VLOAD(D0 + j) + q0 * g_num, d1 = VLOAD(D1 + j) + q1 * g_num;
+            qa0 += VLOAD(C0 + j) * g_num;
+            qa1 += VLOAD(C1 + j) * g_num;
+            if (!fresh)
+                f_acc += d0 * VLOAD(P0 + j) + d1 * VLOAD(P1 + j);
+            ua0 += d0 * vv;
+            ua1 += d1 * vv;
+            VSTORE(dvacc + j, VLOAD(dvacc + j) + k0 * d0 + k1 * d1);
+            VSTORE(D0 + j, d0 * p.fa);
+            VSTORE(D1 + j, d1 * p.fa);
+        }
+        const SCALAR sq[2] = {VSUM(qa0), VSUM(qa1)}, su[2] = {VSUM(ua0), VSUM(ua1)};
+        for (int e = 0; e < 2; ++e) {
+            const SCALAR qr = e ? q1 : q0, kr = e ? k1 : k0;
+            const SCALAR dnr = dn[r + e] + dqn * qr;
+            dqb[r + e] = (sq[e] + dqn * nt[r + e]) * a->scale;
+            dfa += fresh ? 0 : dnr * np[r + e];
+            dia += kr * (su[e] + dnr);
+            dkb[r + e] = p.ia * (su[e] + dnr);
+            dn[r + e] = dnr * p.fa;
+        }
+    }
+    for (; r < dk; ++r) {
         const SCALAR qr = qb[r] * a->scale, kr = kb[r];
         const SCALAR *restrict Crow = Ct + r * dv;
         const SCALAR *restrict Prow = Cp + r * dv;
