@@ -153,7 +153,8 @@ class _BlockTrain(torch.autograd.Function):
                                keep=True)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(up, window, C0, n0, m0, reset, *weights, saved["xc_pre"],
-                              saved["qkv"], saved["gates"], saved["h"], *saved["kept"])
+                              saved["qkv"], saved["gates"], saved["h"], *saved["taps"],
+                              *saved["kept"])
         ctx.heads, ctx.norm_eps, ctx.eps = heads, norm_eps, eps
         return outs
 
@@ -163,11 +164,11 @@ class _BlockTrain(torch.autograd.Function):
                  *cell_grads: Tensor | None) -> tuple[Tensor | None, ...]:
         up, window, C0, n0, m0, reset, *rest = ctx.saved_tensors
         weights = dict(zip(WEIGHTS, rest[:len(WEIGHTS)]))
-        xc_pre, qkv, gates, h, *kept = rest[len(WEIGHTS):]
+        xc_pre, qkv, gates, h, taps, taps_t, *kept = rest[len(WEIGHTS):]
         B, T, two_inner = up.shape
         inner, H, dtype = two_inner // 2, ctx.heads, up.dtype
         args = _base_args(up, window, reset, weights, H, ctx.norm_eps)
-        taps = _set_taps(args, weights)
+        args.taps, args.taps_t = taps.data_ptr(), taps_t.data_ptr()
         args.xc_pre, args.qkv, args.gates, args.h = (t.data_ptr() for t in (xc_pre, qkv, gates, h))
         dout = up.new_zeros(B, T, inner) if dout is None else dout.to(dtype).contiguous()
         dup, dh, dxc = up.new_empty(up.shape), up.new_empty(h.shape), up.new_empty(B, T, inner)
@@ -186,7 +187,6 @@ class _BlockTrain(torch.autograd.Function):
         args.dwindow = None if dwindow is None else dwindow.data_ptr()
         offset = 2 * inner * flat.element_size()  # the post part's norm_w and skip come first
         _call("bwd_pre", dtype, B, args, flat.data_ptr() + offset)
-        del taps  # read by the C calls above
         parts = dict(zip(sizes, flat.split(list(sizes.values()))))
         parts["qk_w"], parts["v_w"] = _untap(parts["taps"], weights)
         dweights = [parts[name].view(weights[name].shape) for name in WEIGHTS]
