@@ -294,7 +294,25 @@ static void BT_BWD_POST_ROW(const void *args, int64_t b, void *scratch)
                 xs[e] = BT_SILU(pre[o + e]);
                 szs[e] = (SCALAR)1 / ((SCALAR)1 + TYPED(vexp)(-z[o + e]));
             }
-            for (int64_t e = 0; e < Dh; ++e) {  /* no reductions here: it vectorizes */
+            int64_t e0 = 0;
+            if (Dh % VEC_LANES == 0) {  /* in vector types: GCC left the plain loop scalar */
+                typedef TYPED(vec) V;
+                for (; e0 < Dh; e0 += VEC_LANES) {
+                    const int64_t c = o + e0;
+                    const V x = TYPED(vload)(xs + e0), sz = TYPED(vload)(szs + e0);
+                    const V yv = (TYPED(vload)(hv + e0) - mean) * rstd;
+                    const V zc = TYPED(vload)(z + c), dc = TYPED(vload)(dout + c);
+                    const V nw = TYPED(vload)(norm_w + c), sk = TYPED(vload)(skip + c);
+                    const V mixed = yv * nw + sk * x, dmixed = dc * zc * sz;
+                    TYPED(vstore)(y + e0, yv);
+                    TYPED(vstore)(dz + c, dc * mixed * sz * ((SCALAR)1 + zc * ((SCALAR)1 - sz)));
+                    TYPED(vstore)(g_norm + c, TYPED(vload)(g_norm + c) + dmixed * yv);
+                    TYPED(vstore)(g_skip + c, TYPED(vload)(g_skip + c) + dmixed * x);
+                    TYPED(vstore)(dxc + c, dmixed * sk);
+                    TYPED(vstore)(dhn + e0, dmixed * nw);
+                }
+            }
+            for (int64_t e = e0; e < Dh; ++e) {
                 const int64_t c = o + e;
                 const SCALAR x = xs[e], sz = szs[e];
                 y[e] = (hv[e] - mean) * rstd;
