@@ -165,3 +165,24 @@ def test_other_dtypes_take_the_pytorch_path():
     y, _ = block(x.requires_grad_(), state, reset)
     assert not _reaches_block_train(y)
     assert torch.isfinite(y).all()
+
+
+def test_a_nonfinite_state_reset_at_t0_does_not_leak():
+    """A row that resets at t = 0 never reads its carried state or conv window: NaN there
+    leaves the outputs, the new state and every gradient finite (and matching the PyTorch
+    path)."""
+    block = make_block(16, 2, 4, 4, torch.float64)
+    x, state, reset = make_case(block, 3, 12, seed=8)
+    reset[:] = False
+    reset[1, 0] = True
+    for key in ("C", "n", "m", "conv"):
+        state[key][1] = float("nan")
+    got = run(block, x, state, reset, compiled=True)
+    for name, value in got.items():
+        if name in ("dC", "dn", "dm", "dconv"):
+            value = torch.cat([value[:1], value[2:]])  # the poisoned row's own state grads
+            assert (got[name][1] == 0).all(), name
+        assert torch.isfinite(value).all(), name
+    want = run(block, x, state, reset, compiled=False)
+    for name in ("y", "dx", "grad up.weight", "grad gates.weight", "grad conv.weight"):
+        assert torch.allclose(got[name], want[name], rtol=1e-10, atol=1e-12), name
