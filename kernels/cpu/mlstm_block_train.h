@@ -76,124 +76,7 @@ static inline const SCALAR *BT_X(const BT_ARGS *a, int64_t b, int64_t s)
     return s >= 0 ? a->up + (b * a->T + s) * 2 * inner : a->window + (b * W + W + s) * inner;
 }
 
-/* The block-diagonal maps, vectorized where a vector of VEC_LANES channels holds whole blocks
- * (bs divides VEC_LANES, and inner is a multiple of it: the default bs = 4 does): the input
- * x[base(c) + d] of tap d, for a vector's channels, is one lane permutation of the vector's own
- * inputs (GCC's __builtin_shuffle; other compilers take the per-channel loops). */
-#if defined(__GNUC__) && !defined(__clang__)
-#define BT_SPREAD 1
-#if VEC_LANES == 16
-typedef int32_t TYPED(lanes) __attribute__((vector_size(64)));
-#else
-typedef int64_t TYPED(lanes) __attribute__((vector_size(64)));
-#endif
-
-/* Lane l -> (l / bs) * bs + d: every lane of a block reads the block's input d. */
-static inline TYPED(lanes) TYPED(spread_mask)(int64_t d, int64_t bs)
-{
-    TYPED(lanes) m;
-    for (int l = 0; l < VEC_LANES; ++l)
-        m[l] = (l / bs) * bs + d;
-    return m;
-}
-#else
-#define BT_SPREAD 0
-#endif
-
-static inline int TYPED(bt_spreads)(int64_t bs, int64_t inner)
-{
-    return BT_SPREAD && bs <= VEC_LANES && VEC_LANES % bs == 0 && inner % VEC_LANES == 0;
-}
-
-/* qkv = the three maps of (xc, xc, xm), by tap. */
-static void TYPED(bt_maps_fwd)(const BT_ARGS *a, int64_t inner, const SCALAR *restrict xc,
-                               const SCALAR *restrict xm, const int32_t *restrict base,
-                               SCALAR *restrict qkv)
-{
-    const int64_t bs = a->bs;
-    const SCALAR *taps = a->taps;
-#if BT_SPREAD
-    if (TYPED(bt_spreads)(bs, inner)) {
-        for (int64_t o = 0; o < inner; o += VEC_LANES) {
-            const TYPED(vec) x = TYPED(vload)(xc + o), y = TYPED(vload)(xm + o);
-            TYPED(vec) q = {0}, k = {0}, v = {0};
-            for (int64_t d = 0; d < bs; ++d) {
-                const TYPED(lanes) m = TYPED(spread_mask)(d, bs);
-                const TYPED(vec) xd = __builtin_shuffle(x, m), yd = __builtin_shuffle(y, m);
-                q += xd * TYPED(vload)(taps + d * inner + o);
-                k += xd * TYPED(vload)(taps + (bs + d) * inner + o);
-                v += yd * TYPED(vload)(taps + (2 * bs + d) * inner + o);
-            }
-            TYPED(vstore)(qkv + o, q);
-            TYPED(vstore)(qkv + inner + o, k);
-            TYPED(vstore)(qkv + 2 * inner + o, v);
-        }
-        return;
-    }
-#endif
-    memset(qkv, 0, sizeof(SCALAR) * (size_t)(3 * inner));
-    for (int64_t d = 0; d < bs; ++d) {
-        const SCALAR *restrict tq = taps + d * inner, *restrict tk = taps + (bs + d) * inner;
-        const SCALAR *restrict tv = taps + (2 * bs + d) * inner;
-        for (int64_t c = 0; c < inner; ++c) {
-            qkv[c] += xc[base[c] + d] * tq[c];
-            qkv[inner + c] += xc[base[c] + d] * tk[c];
-        }
-        for (int64_t c = 0; c < inner; ++c)
-            qkv[2 * inner + c] += xm[base[c] + d] * tv[c];
-    }
-}
-
-/* Backward of the maps: dpre += d xc, dxm += d xm, and the taps' gradients g. */
-static void TYPED(bt_maps_bwd)(const BT_ARGS *a, int64_t inner, const SCALAR *restrict xc,
-                               const SCALAR *restrict xm, const int32_t *restrict base,
-                               const SCALAR *restrict dqkv, SCALAR *restrict dpre,
-                               SCALAR *restrict dxm, SCALAR *restrict g)
-{
-    const int64_t bs = a->bs;
-    const SCALAR *taps = a->taps_t;
-#if BT_SPREAD
-    if (TYPED(bt_spreads)(bs, inner)) {
-        for (int64_t o = 0; o < inner; o += VEC_LANES) {
-            const TYPED(vec) x = TYPED(vload)(xc + o), y = TYPED(vload)(xm + o);
-            const TYPED(vec) dq = TYPED(vload)(dqkv + o), dk = TYPED(vload)(dqkv + inner + o);
-            const TYPED(vec) dv = TYPED(vload)(dqkv + 2 * inner + o);
-            TYPED(vec) dx = TYPED(vload)(dpre + o), dy = TYPED(vload)(dxm + o);
-            for (int64_t d = 0; d < bs; ++d) {
-                const TYPED(lanes) m = TYPED(spread_mask)(d, bs);
-                const TYPED(vec) xd = __builtin_shuffle(x, m), yd = __builtin_shuffle(y, m);
-                dx += __builtin_shuffle(dq, m) * TYPED(vload)(taps + d * inner + o)
-                      + __builtin_shuffle(dk, m) * TYPED(vload)(taps + (bs + d) * inner + o);
-                dy += __builtin_shuffle(dv, m) * TYPED(vload)(taps + (2 * bs + d) * inner + o);
-                SCALAR *gq = g + d * inner + o, *gk = g + (bs + d) * inner + o;
-                SCALAR *gv = g + (2 * bs + d) * inner + o;
-                TYPED(vstore)(gq, TYPED(vload)(gq) + xd * dq);
-                TYPED(vstore)(gk, TYPED(vload)(gk) + xd * dk);
-                TYPED(vstore)(gv, TYPED(vload)(gv) + yd * dv);
-            }
-            TYPED(vstore)(dpre + o, dx);
-            TYPED(vstore)(dxm + o, dy);
-        }
-        return;
-    }
-#endif
-    for (int64_t d = 0; d < bs; ++d) {
-        const SCALAR *restrict tq = taps + d * inner, *restrict tk = taps + (bs + d) * inner;
-        const SCALAR *restrict tv = taps + (2 * bs + d) * inner;
-        SCALAR *restrict gq = g + d * inner, *restrict gk = g + (bs + d) * inner;
-        SCALAR *restrict gv = g + (2 * bs + d) * inner;
-        for (int64_t c = 0; c < inner; ++c)
-            dpre[c] += dqkv[base[c] + d] * tq[c] + dqkv[inner + base[c] + d] * tk[c];
-        for (int64_t c = 0; c < inner; ++c)
-            dxm[c] += dqkv[2 * inner + base[c] + d] * tv[c];
-        for (int64_t c = 0; c < inner; ++c) {
-            gq[c] += xc[base[c] + d] * dqkv[c];
-            gk[c] += xc[base[c] + d] * dqkv[inner + c];
-        }
-        for (int64_t c = 0; c < inner; ++c)
-            gv[c] += xm[base[c] + d] * dqkv[2 * inner + c];
-    }
-}
+#include "mlstm_block_maps.h"
 
 static void BT_FWD_PRE_ROW(const void *args, int64_t b, void *scratch)
 {
@@ -337,18 +220,12 @@ static void BT_BWD_POST_ROW(const void *args, int64_t b, void *scratch)
     }
 }
 
-static void BT_BWD_PRE_ROW(const void *args, int64_t b, void *scratch)
+/* Zeroes row b's xm gradient (dup's first half) and dwindow, then adds the gradient of the
+ * new conv window: its rows came from xm or from the old window, unless a reset cut them. */
+static void TYPED(bt_window_bwd)(const BT_ARGS *a, int64_t b)
 {
-    const BT_ARGS *a = args;
-    const int64_t T = a->T, H = a->H, Dh = a->Dh, inner = H * Dh, K = a->K, W = K - 1;
-    const int64_t bs = a->bs, G = 3 * inner;
-    SCALAR *g_conv = scratch, *g_conv_b = g_conv + K * inner, *g_taps = g_conv_b + inner;
-    SCALAR *g_gate = g_taps + 3 * bs * inner, *g_gate_b = g_gate + 2 * H * G;
-    SCALAR *restrict dqkv = g_gate_b + 2 * H, *restrict xc = dqkv + G, *restrict dpre = xc + inner;
-    int32_t *restrict base = (int32_t *)(dpre + inner);
-    for (int64_t c = 0; c < inner; ++c)
-        base[c] = (int32_t)(c - c % bs);
-    int64_t last = -K;
+    const int64_t T = a->T, inner = a->H * a->Dh, W = a->K - 1;
+    int64_t last = -a->K;
     for (int64_t t = 0; t < T; ++t) {
         memset(a->dup + (b * T + t) * 2 * inner, 0, sizeof(SCALAR) * (size_t)inner);
         if (a->reset != NULL && a->reset[b * T + t])
@@ -356,72 +233,100 @@ static void BT_BWD_PRE_ROW(const void *args, int64_t b, void *scratch)
     }
     if (a->dwindow != NULL)
         memset(a->dwindow + b * W * inner, 0, sizeof(SCALAR) * (size_t)(W * inner));
-    if (a->dwindow_out != NULL) {
-        for (int64_t w = 0; w < W; ++w) {
-            const int64_t s = T - W + w;
-            if (s < last || (s < 0 && a->dwindow == NULL))
-                continue;
-            SCALAR *dst = s >= 0 ? a->dup + (b * T + s) * 2 * inner : a->dwindow + (b * W + W + s) * inner;
-            const SCALAR *src = a->dwindow_out + (b * W + w) * inner;
-            for (int64_t c = 0; c < inner; ++c)
-                dst[c] += src[c];
+    if (a->dwindow_out == NULL)
+        return;
+    for (int64_t w = 0; w < W; ++w) {
+        const int64_t s = T - W + w;
+        if (s < last || (s < 0 && a->dwindow == NULL))
+            continue;
+        SCALAR *dst = s >= 0 ? a->dup + (b * T + s) * 2 * inner
+                             : a->dwindow + (b * W + W + s) * inner;
+        const SCALAR *src = a->dwindow_out + (b * W + w) * inner;
+        for (int64_t c = 0; c < inner; ++c)
+            dst[c] += src[c];
+    }
+}
+
+/* Step t of row b: dqkv = gate_w^T [di; df] + the cell's dq, dk, dv; adds the gate weights'
+ * gradients to g_gate, g_gate_b. */
+static void TYPED(bt_gates_bwd)(const BT_ARGS *a, int64_t b, int64_t t, SCALAR *restrict dqkv,
+                                SCALAR *restrict g_gate, SCALAR *restrict g_gate_b)
+{
+    const int64_t T = a->T, H = a->H, Dh = a->Dh, inner = H * Dh, G = 3 * inner;
+    const SCALAR *restrict qkv = a->qkv + (b * T + t) * G;
+    memset(dqkv, 0, sizeof(SCALAR) * (size_t)G);
+    for (int64_t r = 0; r < 2 * H; ++r) {
+        const SCALAR dg = (r < H ? a->di : a->df)[(b * H + r % H) * T + t];
+        const SCALAR *restrict gw = a->gate_w + r * G;
+        SCALAR *restrict gg = g_gate + r * G;
+        g_gate_b[r] += dg;
+        for (int64_t c = 0; c < G; ++c) {
+            dqkv[c] += dg * gw[c];
+            gg[c] += dg * qkv[c];
         }
     }
+    for (int64_t head = 0; head < H; ++head) {
+        const int64_t at = ((b * H + head) * T + t) * Dh, o = head * Dh;
+        for (int64_t e = 0; e < Dh; ++e) {
+            dqkv[o + e] += a->dq[at + e];
+            dqkv[inner + o + e] += a->dk[at + e];
+            dqkv[2 * inner + o + e] += a->dv[at + e];
+        }
+    }
+}
+
+/* Step t of row b (latest reset at `start`): the causal conv's backward from dpre, the
+ * gradient of its output before the SiLU, into xm's (or the old window's) gradient and the
+ * conv weights'. */
+static void TYPED(bt_conv_bwd)(const BT_ARGS *a, int64_t b, int64_t t, int64_t start,
+                               const SCALAR *restrict dpre, SCALAR *restrict g_conv,
+                               SCALAR *restrict g_conv_b)
+{
+    const int64_t T = a->T, inner = a->H * a->Dh, K = a->K, W = K - 1;
+    for (int64_t c = 0; c < inner; ++c)
+        g_conv_b[c] += dpre[c];
+    for (int64_t d = 0; d < K && t - d >= start; ++d) {
+        const SCALAR *restrict x = BT_X(a, b, t - d);
+        const SCALAR *restrict w = a->conv_w + (K - 1 - d) * inner;
+        SCALAR *restrict gw = g_conv + (K - 1 - d) * inner;
+        for (int64_t c = 0; c < inner; ++c)
+            gw[c] += dpre[c] * x[c];
+        SCALAR *dst = t - d >= 0 ? a->dup + (b * T + t - d) * 2 * inner
+                    : (a->dwindow != NULL ? a->dwindow + (b * W + W + t - d) * inner : NULL);
+        if (dst != NULL)
+            for (int64_t c = 0; c < inner; ++c)
+                dst[c] += w[c] * dpre[c];
+    }
+}
+
+static void BT_BWD_PRE_ROW(const void *args, int64_t b, void *scratch)
+{
+    const BT_ARGS *a = args;
+    const int64_t T = a->T, H = a->H, inner = H * a->Dh, K = a->K;
+    const int64_t bs = a->bs, G = 3 * inner;
+    SCALAR *g_conv = scratch, *g_conv_b = g_conv + K * inner, *g_taps = g_conv_b + inner;
+    SCALAR *g_gate = g_taps + 3 * bs * inner, *g_gate_b = g_gate + 2 * H * G;
+    SCALAR *restrict dqkv = g_gate_b + 2 * H, *restrict xc = dqkv + G, *restrict dpre = xc + inner;
+    int32_t *restrict base = (int32_t *)(dpre + inner);
+    for (int64_t c = 0; c < inner; ++c)
+        base[c] = (int32_t)(c - c % bs);
+    TYPED(bt_window_bwd)(a, b);
     int64_t start = -K;
     for (int64_t t = 0; t < T; ++t) {
         if (a->reset != NULL && a->reset[b * T + t])
             start = t;
-        const SCALAR *qkv = a->qkv + (b * T + t) * G;
-        const SCALAR *pre = a->xc_pre + (b * T + t) * inner;
-        const SCALAR *restrict xm = BT_X(a, b, t);
-        /* gates: dqkv = gate_w^T [di; df], and their weight gradients */
-        for (int64_t c = 0; c < G; ++c)
-            dqkv[c] = 0;
-        for (int64_t r = 0; r < 2 * H; ++r) {
-            const int64_t head = r % H;
-            const SCALAR dg = (r < H ? a->di : a->df)[(b * H + head) * T + t];
-            const SCALAR *restrict gw = a->gate_w + r * G;
-            SCALAR *restrict gg = g_gate + r * G;
-            g_gate_b[r] += dg;
-            for (int64_t c = 0; c < G; ++c) {
-                dqkv[c] += dg * gw[c];
-                gg[c] += dg * qkv[c];
-            }
-        }
-        for (int64_t head = 0; head < H; ++head) {
-            const int64_t at = ((b * H + head) * T + t) * Dh, o = head * Dh;
-            for (int64_t e = 0; e < Dh; ++e) {
-                dqkv[o + e] += a->dq[at + e];
-                dqkv[inner + o + e] += a->dk[at + e];
-                dqkv[2 * inner + o + e] += a->dv[at + e];
-            }
-        }
-        /* block-diagonal maps: d xc, d xm and their weight gradients */
+        const SCALAR *restrict pre = a->xc_pre + (b * T + t) * inner;
+        TYPED(bt_gates_bwd)(a, b, t, dqkv, g_gate, g_gate_b);
         for (int64_t c = 0; c < inner; ++c)
             xc[c] = BT_SILU(pre[c]);
-        SCALAR *restrict dxm = a->dup + (b * T + t) * 2 * inner;
-        const SCALAR *restrict dxc_skip = a->dxc + (b * T + t) * inner;
-        memcpy(dpre, dxc_skip, sizeof(SCALAR) * (size_t)inner);
-        TYPED(bt_maps_bwd)(a, inner, xc, xm, base, dqkv, dpre, dxm, g_taps);
+        memcpy(dpre, a->dxc + (b * T + t) * inner, sizeof(SCALAR) * (size_t)inner);
+        TYPED(bt_maps_bwd)(a, inner, xc, BT_X(a, b, t), base, dqkv, dpre,
+                           a->dup + (b * T + t) * 2 * inner, g_taps);
         for (int64_t c = 0; c < inner; ++c) {  /* the SiLU, in a loop of its own: it vectorizes */
             const SCALAR s = (SCALAR)1 / ((SCALAR)1 + TYPED(vexp)(-pre[c]));
             dpre[c] *= s * ((SCALAR)1 + pre[c] * ((SCALAR)1 - s));
         }
-        /* the causal conv */
-        for (int64_t c = 0; c < inner; ++c)
-            g_conv_b[c] += dpre[c];
-        for (int64_t d = 0; d < K && t - d >= start; ++d) {
-            const SCALAR *restrict x = BT_X(a, b, t - d);
-            const SCALAR *restrict w = a->conv_w + (K - 1 - d) * inner;
-            SCALAR *restrict gw = g_conv + (K - 1 - d) * inner;
-            for (int64_t c = 0; c < inner; ++c)
-                gw[c] += dpre[c] * x[c];
-            SCALAR *dst = t - d >= 0 ? a->dup + (b * T + t - d) * 2 * inner
-                        : (a->dwindow != NULL ? a->dwindow + (b * W + W + t - d) * inner : NULL);
-            if (dst != NULL)
-                for (int64_t c = 0; c < inner; ++c)
-                    dst[c] += w[c] * dpre[c];
-        }
+        TYPED(bt_conv_bwd)(a, b, t, start, dpre, g_conv, g_conv_b);
     }
 }
 
@@ -486,4 +391,3 @@ int TYPED(xlstm_mlstm_block_bwd_pre)(int64_t B, const BT_ARGS *args, int threads
 #undef BT_SUM_PARTS
 #undef BT_SILU
 #undef BT_X
-#undef BT_SPREAD

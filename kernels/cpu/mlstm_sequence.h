@@ -39,6 +39,8 @@
 #define GATE_PARTS TYPED(gate_parts)
 #define SEQ_REBUILD TYPED(seq_rebuild)
 #define SEQ_BWD_STEP TYPED(seq_bwd_step)
+#define SEQ_BWD_PASS TYPED(seq_bwd_pass)
+#define SEQ_ROWS TYPED(seq_rows)
 #define SEQ_FWD TYPED(xlstm_mlstm_seq_fwd)
 #define SEQ_BWD TYPED(xlstm_mlstm_seq_bwd)
 #define VEC_HALF TYPED(vec_half)
@@ -204,6 +206,100 @@ static void SEQ_REBUILD(const SEQ_ARGS *a, int64_t row, int64_t t0, int64_t t1,
     }
 }
 
+/* What one backward step's pass over the matrix memory reads. */
+typedef struct {
+    int64_t dk, dv;
+    int fresh;                       /* the step started from the zero state */
+    SCALAR scale, fa, ia, dqn;       /* q scale, f', i', the gradient of q~ . n' */
+    const SCALAR *q, *k, *v;         /* the step's q, k [dk], v [dv] */
+    const SCALAR *Ct, *nt, *Cp, *np; /* the new state and the entering one */
+    const SCALAR *dnum;              /* dh / den [dv] */
+} SEQ_ROWS;
+
+/* The pass over the rows of C' and dC' for one step: adds q~ dnum^T to dC', writes dq, dk,
+ * accumulates dv (times 1 / i') in dvacc, turns dC', dn' into the entering state's gradients,
+ * and returns df' = <dC', C> + dn' . n and di' = k . (dC' v + dn'). Two rows at a time where
+ * the vector loop covers the row: the dv accumulator is read and written once per pair, and
+ * the loads of dnum and v are shared. */
+static void SEQ_BWD_PASS(const SEQ_ROWS *w, SCALAR *dC, SCALAR *dn, SCALAR *dvacc,
+                         SCALAR *dqb, SCALAR *dkb, SCALAR *dfa_out, SCALAR *dia_out)
+{
+    const int64_t dk = w->dk, dv = w->dv;
+    const int fresh = w->fresh;
+    const SCALAR scale = w->scale, fa = w->fa, ia = w->ia, dqn = w->dqn;
+    const SCALAR *qb = w->q, *kb = w->k, *vb = w->v, *Ct = w->Ct, *nt = w->nt, *Cp = w->Cp;
+    const SCALAR *np = w->np, *dnum = w->dnum;
+    SCALAR dfa = 0, dia = 0;
+    VEC f_acc = {0};
+    const int64_t dv_vec = dv - dv % VLEN;
+    int64_t r = 0;
+    for (; dv_vec == dv && r + 2 <= dk; r += 2) {
+        const SCALAR q0 = qb[r] * scale, q1 = qb[r + 1] * scale;
+        const SCALAR k0 = kb[r], k1 = kb[r + 1];
+        const SCALAR *restrict C0 = Ct + r * dv, *restrict C1 = C0 + dv;
+        const SCALAR *restrict P0 = Cp + r * dv, *restrict P1 = P0 + dv;
+        SCALAR *restrict D0 = dC + r * dv, *restrict D1 = D0 + dv;
+        VEC qa0 = {0}, qa1 = {0}, ua0 = {0}, ua1 = {0};
+        for (int64_t j = 0; j < dv; j += VLEN) {
+            const VEC g_num = VLOAD(dnum + j), vv = VLOAD(vb + j);
+            const VEC d0 = VLOAD(D0 + j) + q0 * g_num, d1 = VLOAD(D1 + j) + q1 * g_num;
+            qa0 += VLOAD(C0 + j) * g_num;
+            qa1 += VLOAD(C1 + j) * g_num;
+            if (!fresh)
+                f_acc += d0 * VLOAD(P0 + j) + d1 * VLOAD(P1 + j);
+            ua0 += d0 * vv;
+            ua1 += d1 * vv;
+            VSTORE(dvacc + j, VLOAD(dvacc + j) + k0 * d0 + k1 * d1);
+            VSTORE(D0 + j, d0 * fa);
+            VSTORE(D1 + j, d1 * fa);
+        }
+        const SCALAR sq[2] = {VSUM(qa0), VSUM(qa1)}, su[2] = {VSUM(ua0), VSUM(ua1)};
+        for (int e = 0; e < 2; ++e) {
+            const SCALAR qr = e ? q1 : q0, kr = e ? k1 : k0;
+            const SCALAR dnr = dn[r + e] + dqn * qr;
+            dqb[r + e] = (sq[e] + dqn * nt[r + e]) * scale;
+            dfa += fresh ? 0 : dnr * np[r + e];
+            dia += kr * (su[e] + dnr);
+            dkb[r + e] = ia * (su[e] + dnr);
+            dn[r + e] = dnr * fa;
+        }
+    }
+    for (; r < dk; ++r) {
+        const SCALAR qr = qb[r] * scale, kr = kb[r];
+        const SCALAR *restrict Crow = Ct + r * dv;
+        const SCALAR *restrict Prow = Cp + r * dv;
+        SCALAR *restrict Drow = dC + r * dv;
+        VEC q_acc = {0}, u_acc = {0};
+        for (int64_t j = 0; j < dv_vec; j += VLEN) {
+            const VEC g_num = VLOAD(dnum + j);
+            const VEC d = VLOAD(Drow + j) + qr * g_num;
+            q_acc += VLOAD(Crow + j) * g_num;
+            if (!fresh)
+                f_acc += d * VLOAD(Prow + j);
+            u_acc += d * VLOAD(vb + j);
+            VSTORE(dvacc + j, VLOAD(dvacc + j) + kr * d);
+            VSTORE(Drow + j, d * fa);
+        }
+        SCALAR sq = VSUM(q_acc), su = VSUM(u_acc);
+        for (int64_t j = dv_vec; j < dv; ++j) {
+            const SCALAR d = Drow[j] + qr * dnum[j];
+            sq += Crow[j] * dnum[j];
+            dfa += fresh ? 0 : d * Prow[j];
+            su += d * vb[j];
+            dvacc[j] += kr * d;
+            Drow[j] = d * fa;
+        }
+        const SCALAR dnr = dn[r] + dqn * qr;
+        dqb[r] = (sq + dqn * nt[r]) * scale;
+        dfa += fresh ? 0 : dnr * np[r];
+        dia += kr * (su + dnr);
+        dkb[r] = ia * (su + dnr);
+        dn[r] = dnr * fa;
+    }
+    *dfa_out = dfa + VSUM(f_acc);
+    *dia_out = dia;
+}
+
 /* One backward step at t: dC, dn hold the gradient of the new state (updated in place to that
  * of the entering state); Ct, nt the new state, Cp, np the entering one (ignored after a reset).
  * Returns the gradient of the entering stabilizer. */
@@ -237,76 +333,10 @@ static SCALAR SEQ_BWD_STEP(const SEQ_ARGS *a, int64_t row, int64_t t, const SCAL
     const SCALAR dqn = s_mag * dden * (qn > 0 ? 1 : (qn < 0 ? -1 : 0));
     dm_new -= (1 - s_mag) * dden * p.floor_ * p.floor_live;
     SCALAR *dqb = a->dq + (row * S + t) * dk, *dkb = a->dkk + (row * S + t) * dk;
+    const SEQ_ROWS rows = {dk, dv, fresh, a->scale, p.fa, p.ia, dqn, qb, kb, vb, Ct, nt, Cp, np,
+                           dnum};
     SCALAR dfa = 0, dia = 0;
-    VEC f_acc = {0};
-    const int64_t dv_vec = dv - dv % VLEN;
-    int64_t r = 0;
-    /* Two rows at a time where the vector loop covers the row: the dv accumulator is read and
-     * written once per pair, and the loads of dnum and v are shared. */
-    for (; dv_vec == dv && r + 2 <= dk; r += 2) {
-        const SCALAR q0 = qb[r] * a->scale, q1 = qb[r + 1] * a->scale;
-        const SCALAR k0 = kb[r], k1 = kb[r + 1];
-        const SCALAR *restrict C0 = Ct + r * dv, *restrict C1 = C0 + dv;
-        const SCALAR *restrict P0 = Cp + r * dv, *restrict P1 = P0 + dv;
-        SCALAR *restrict D0 = dC + r * dv, *restrict D1 = D0 + dv;
-        VEC qa0 = {0}, qa1 = {0}, ua0 = {0}, ua1 = {0};
-        for (int64_t j = 0; j < dv; j += VLEN) {
-            const VEC g_num = VLOAD(dnum + j), vv = VLOAD(vb + j);
-            const VEC d0 = VLOAD(D0 + j) + q0 * g_num, d1 = VLOAD(D1 + j) + q1 * g_num;
-            qa0 += VLOAD(C0 + j) * g_num;
-            qa1 += VLOAD(C1 + j) * g_num;
-            if (!fresh)
-                f_acc += d0 * VLOAD(P0 + j) + d1 * VLOAD(P1 + j);
-            ua0 += d0 * vv;
-            ua1 += d1 * vv;
-            VSTORE(dvacc + j, VLOAD(dvacc + j) + k0 * d0 + k1 * d1);
-            VSTORE(D0 + j, d0 * p.fa);
-            VSTORE(D1 + j, d1 * p.fa);
-        }
-        const SCALAR sq[2] = {VSUM(qa0), VSUM(qa1)}, su[2] = {VSUM(ua0), VSUM(ua1)};
-        for (int e = 0; e < 2; ++e) {
-            const SCALAR qr = e ? q1 : q0, kr = e ? k1 : k0;
-            const SCALAR dnr = dn[r + e] + dqn * qr;
-            dqb[r + e] = (sq[e] + dqn * nt[r + e]) * a->scale;
-            dfa += fresh ? 0 : dnr * np[r + e];
-            dia += kr * (su[e] + dnr);
-            dkb[r + e] = p.ia * (su[e] + dnr);
-            dn[r + e] = dnr * p.fa;
-        }
-    }
-    for (; r < dk; ++r) {
-        const SCALAR qr = qb[r] * a->scale, kr = kb[r];
-        const SCALAR *restrict Crow = Ct + r * dv;
-        const SCALAR *restrict Prow = Cp + r * dv;
-        SCALAR *restrict Drow = dC + r * dv;
-        VEC q_acc = {0}, u_acc = {0};
-        for (int64_t j = 0; j < dv_vec; j += VLEN) {
-            const VEC g_num = VLOAD(dnum + j);
-            const VEC d = VLOAD(Drow + j) + qr * g_num;
-            q_acc += VLOAD(Crow + j) * g_num;
-            if (!fresh)
-                f_acc += d * VLOAD(Prow + j);
-            u_acc += d * VLOAD(vb + j);
-            VSTORE(dvacc + j, VLOAD(dvacc + j) + kr * d);
-            VSTORE(Drow + j, d * p.fa);
-        }
-        SCALAR sq = VSUM(q_acc), su = VSUM(u_acc);
-        for (int64_t j = dv_vec; j < dv; ++j) {
-            const SCALAR d = Drow[j] + qr * dnum[j];
-            sq += Crow[j] * dnum[j];
-            dfa += fresh ? 0 : d * Prow[j];
-            su += d * vb[j];
-            dvacc[j] += kr * d;
-            Drow[j] = d * p.fa;
-        }
-        const SCALAR dnr = dn[r] + dqn * qr;
-        dqb[r] = (sq + dqn * nt[r]) * a->scale;
-        dfa += fresh ? 0 : dnr * np[r];
-        dia += kr * (su + dnr);
-        dkb[r] = p.ia * (su + dnr);
-        dn[r] = dnr * p.fa;
-    }
-    dfa += VSUM(f_acc);
+    SEQ_BWD_PASS(&rows, dC, dn, dvacc, dqb, dkb, &dfa, &dia);
     SCALAR *dvb = a->dvv + (row * S + t) * dv;
     for (int64_t j = 0; j < dv; ++j)
         dvb[j] = p.ia * dvacc[j];
@@ -382,6 +412,8 @@ int SEQ_BWD(int64_t B, const SEQ_ARGS *args, int threads)
 #undef GATE_PARTS
 #undef SEQ_REBUILD
 #undef SEQ_BWD_STEP
+#undef SEQ_BWD_PASS
+#undef SEQ_ROWS
 #undef SEQ_FWD
 #undef SEQ_BWD
 #undef VEC_HALF

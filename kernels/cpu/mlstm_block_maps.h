@@ -1,0 +1,124 @@
+/* The mLSTM block's block-diagonal q/k/v maps by tap, forward and backward; included by
+ * mlstm_block_train.h (which defines BT_ARGS and the layout of the taps) once per scalar type.
+ */
+
+/* The block-diagonal maps, vectorized where a vector of VEC_LANES channels holds whole blocks
+ * (bs divides VEC_LANES, and inner is a multiple of it: the default bs = 4 does): the input
+ * x[base(c) + d] of tap d, for a vector's channels, is one lane permutation of the vector's own
+ * inputs (GCC's __builtin_shuffle; other compilers take the per-channel loops). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define BT_SPREAD 1
+#if VEC_LANES == 16
+typedef int32_t TYPED(lanes) __attribute__((vector_size(64)));
+#else
+typedef int64_t TYPED(lanes) __attribute__((vector_size(64)));
+#endif
+
+/* Lane l -> (l / bs) * bs + d: every lane of a block reads the block's input d. */
+static inline TYPED(lanes) TYPED(spread_mask)(int64_t d, int64_t bs)
+{
+    TYPED(lanes) m;
+    for (int l = 0; l < VEC_LANES; ++l)
+        m[l] = (l / bs) * bs + d;
+    return m;
+}
+#else
+#define BT_SPREAD 0
+#endif
+
+static inline int TYPED(bt_spreads)(int64_t bs, int64_t inner)
+{
+    return BT_SPREAD && bs <= VEC_LANES && VEC_LANES % bs == 0 && inner % VEC_LANES == 0;
+}
+
+/* qkv = the three maps of (xc, xc, xm), by tap. */
+static void TYPED(bt_maps_fwd)(const BT_ARGS *a, int64_t inner, const SCALAR *restrict xc,
+                               const SCALAR *restrict xm, const int32_t *restrict base,
+                               SCALAR *restrict qkv)
+{
+    const int64_t bs = a->bs;
+    const SCALAR *taps = a->taps;
+#if BT_SPREAD
+    if (TYPED(bt_spreads)(bs, inner)) {
+        for (int64_t o = 0; o < inner; o += VEC_LANES) {
+            const TYPED(vec) x = TYPED(vload)(xc + o), y = TYPED(vload)(xm + o);
+            TYPED(vec) q = {0}, k = {0}, v = {0};
+            for (int64_t d = 0; d < bs; ++d) {
+                const TYPED(lanes) m = TYPED(spread_mask)(d, bs);
+                const TYPED(vec) xd = __builtin_shuffle(x, m), yd = __builtin_shuffle(y, m);
+                q += xd * TYPED(vload)(taps + d * inner + o);
+                k += xd * TYPED(vload)(taps + (bs + d) * inner + o);
+                v += yd * TYPED(vload)(taps + (2 * bs + d) * inner + o);
+            }
+            TYPED(vstore)(qkv + o, q);
+            TYPED(vstore)(qkv + inner + o, k);
+            TYPED(vstore)(qkv + 2 * inner + o, v);
+        }
+        return;
+    }
+#endif
+    memset(qkv, 0, sizeof(SCALAR) * (size_t)(3 * inner));
+    for (int64_t d = 0; d < bs; ++d) {
+        const SCALAR *restrict tq = taps + d * inner, *restrict tk = taps + (bs + d) * inner;
+        const SCALAR *restrict tv = taps + (2 * bs + d) * inner;
+        for (int64_t c = 0; c < inner; ++c) {
+            qkv[c] += xc[base[c] + d] * tq[c];
+            qkv[inner + c] += xc[base[c] + d] * tk[c];
+        }
+        for (int64_t c = 0; c < inner; ++c)
+            qkv[2 * inner + c] += xm[base[c] + d] * tv[c];
+    }
+}
+
+/* Backward of the maps: dpre += d xc, dxm += d xm, and the taps' gradients g. */
+static void TYPED(bt_maps_bwd)(const BT_ARGS *a, int64_t inner, const SCALAR *restrict xc,
+                               const SCALAR *restrict xm, const int32_t *restrict base,
+                               const SCALAR *restrict dqkv, SCALAR *restrict dpre,
+                               SCALAR *restrict dxm, SCALAR *restrict g)
+{
+    const int64_t bs = a->bs;
+    const SCALAR *taps = a->taps_t;
+#if BT_SPREAD
+    if (TYPED(bt_spreads)(bs, inner)) {
+        for (int64_t o = 0; o < inner; o += VEC_LANES) {
+            const TYPED(vec) x = TYPED(vload)(xc + o), y = TYPED(vload)(xm + o);
+            const TYPED(vec) dq = TYPED(vload)(dqkv + o), dk = TYPED(vload)(dqkv + inner + o);
+            const TYPED(vec) dv = TYPED(vload)(dqkv + 2 * inner + o);
+            TYPED(vec) dx = TYPED(vload)(dpre + o), dy = TYPED(vload)(dxm + o);
+            for (int64_t d = 0; d < bs; ++d) {
+                const TYPED(lanes) m = TYPED(spread_mask)(d, bs);
+                const TYPED(vec) xd = __builtin_shuffle(x, m), yd = __builtin_shuffle(y, m);
+                dx += __builtin_shuffle(dq, m) * TYPED(vload)(taps + d * inner + o)
+                      + __builtin_shuffle(dk, m) * TYPED(vload)(taps + (bs + d) * inner + o);
+                dy += __builtin_shuffle(dv, m) * TYPED(vload)(taps + (2 * bs + d) * inner + o);
+                SCALAR *gq = g + d * inner + o, *gk = g + (bs + d) * inner + o;
+                SCALAR *gv = g + (2 * bs + d) * inner + o;
+                TYPED(vstore)(gq, TYPED(vload)(gq) + xd * dq);
+                TYPED(vstore)(gk, TYPED(vload)(gk) + xd * dk);
+                TYPED(vstore)(gv, TYPED(vload)(gv) + yd * dv);
+            }
+            TYPED(vstore)(dpre + o, dx);
+            TYPED(vstore)(dxm + o, dy);
+        }
+        return;
+    }
+#endif
+    for (int64_t d = 0; d < bs; ++d) {
+        const SCALAR *restrict tq = taps + d * inner, *restrict tk = taps + (bs + d) * inner;
+        const SCALAR *restrict tv = taps + (2 * bs + d) * inner;
+        SCALAR *restrict gq = g + d * inner, *restrict gk = g + (bs + d) * inner;
+        SCALAR *restrict gv = g + (2 * bs + d) * inner;
+        for (int64_t c = 0; c < inner; ++c)
+            dpre[c] += dqkv[base[c] + d] * tq[c] + dqkv[inner + base[c] + d] * tk[c];
+        for (int64_t c = 0; c < inner; ++c)
+            dxm[c] += dqkv[2 * inner + base[c] + d] * tv[c];
+        for (int64_t c = 0; c < inner; ++c) {
+            gq[c] += xc[base[c] + d] * dqkv[c];
+            gk[c] += xc[base[c] + d] * dqkv[inner + c];
+        }
+        for (int64_t c = 0; c < inner; ++c)
+            gv[c] += xm[base[c] + d] * dqkv[2 * inner + c];
+    }
+}
+
+#undef BT_SPREAD
