@@ -1,9 +1,10 @@
 /* Fused CPU kernels (float32 and float64), called through ctypes by xlstm_rl.kernels.cpu. Plain
  * C11, libm and POSIX threads: no Python or torch headers, so the system C compiler builds them
  * in a few seconds (build.py compiles this file once per scalar type, -DXLSTM_PART=32 / 64, the
- * two at once, and links them; without XLSTM_PART it holds both). The math is in mlstm_cell.h and mlstm_block.h (the acting step),
- * mlstm_sequence.h (the cell over a sequence, forward and backward) and mlstm_block_train.h (the
- * rest of the block's training path, forward and backward). */
+ * two at once, and links them; without XLSTM_PART it holds both). The math is in mlstm_cell.h
+ * and mlstm_block.h (the acting step), mlstm_sequence.h (the cell over a sequence, forward and
+ * backward) and mlstm_block_train.h with mlstm_block_maps.h (the rest of the block's training
+ * path, forward and backward); vec.h holds the vector helpers. */
 #include <math.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -85,6 +86,8 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
 #if !defined(XLSTM_PART) || XLSTM_PART == 32
 #define SCALAR float
 #define CELL_HEAD cell_head_f32
+#define CELL_GATES cell_gates_f32
+#define CELL_GATES_T cell_gates_t_f32
 #define DOT dot_f32
 #define FN xlstm_mlstm_cell_step_f32
 #define BLOCK_FN xlstm_mlstm_block_step_f32
@@ -96,13 +99,23 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
 #define VEC_LANES 16
 #define TYPED(name) name##_f32
 #include "mlstm_block.h"
+#include "vec.h"
 #include "mlstm_sequence.h"
-#include "vec_exp.h"
 #include "mlstm_block_train.h"
+#undef VEC
+#undef VEC_HALF
+#undef VEC_QUARTER
+#undef VLOAD
+#undef VSTORE
+#undef VSUM
+#undef VEXP
+#undef VLEN
 #undef VEC_LANES
 #undef TYPED
 #undef SCALAR
 #undef CELL_HEAD
+#undef CELL_GATES
+#undef CELL_GATES_T
 #undef DOT
 #undef FN
 #undef BLOCK_FN
@@ -116,6 +129,8 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
 #if !defined(XLSTM_PART) || XLSTM_PART == 64
 #define SCALAR double
 #define CELL_HEAD cell_head_f64
+#define CELL_GATES cell_gates_f64
+#define CELL_GATES_T cell_gates_t_f64
 #define DOT dot_f64
 #define FN xlstm_mlstm_cell_step_f64
 #define BLOCK_FN xlstm_mlstm_block_step_f64
@@ -127,8 +142,8 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
 #define VEC_LANES 8
 #define TYPED(name) name##_f64
 #include "mlstm_block.h"
+#include "vec.h"
 #include "mlstm_sequence.h"
-#include "vec_exp.h"
 #include "mlstm_block_train.h"
 
 #endif

@@ -41,18 +41,18 @@ static void TYPED(bt_maps_fwd)(const BT_ARGS *a, int64_t inner, const SCALAR *re
 #if BT_SPREAD
     if (TYPED(bt_spreads)(bs, inner)) {
         for (int64_t o = 0; o < inner; o += VEC_LANES) {
-            const TYPED(vec) x = TYPED(vload)(xc + o), y = TYPED(vload)(xm + o);
-            TYPED(vec) q = {0}, k = {0}, v = {0};
+            const VEC x = VLOAD(xc + o), y = VLOAD(xm + o);
+            VEC q = {0}, k = {0}, v = {0};
             for (int64_t d = 0; d < bs; ++d) {
                 const TYPED(lanes) m = TYPED(spread_mask)(d, bs);
-                const TYPED(vec) xd = __builtin_shuffle(x, m), yd = __builtin_shuffle(y, m);
-                q += xd * TYPED(vload)(taps + d * inner + o);
-                k += xd * TYPED(vload)(taps + (bs + d) * inner + o);
-                v += yd * TYPED(vload)(taps + (2 * bs + d) * inner + o);
+                const VEC xd = __builtin_shuffle(x, m), yd = __builtin_shuffle(y, m);
+                q += xd * VLOAD(taps + d * inner + o);
+                k += xd * VLOAD(taps + (bs + d) * inner + o);
+                v += yd * VLOAD(taps + (2 * bs + d) * inner + o);
             }
-            TYPED(vstore)(qkv + o, q);
-            TYPED(vstore)(qkv + inner + o, k);
-            TYPED(vstore)(qkv + 2 * inner + o, v);
+            VSTORE(qkv + o, q);
+            VSTORE(qkv + inner + o, k);
+            VSTORE(qkv + 2 * inner + o, v);
         }
         return;
     }
@@ -81,24 +81,24 @@ static void TYPED(bt_maps_bwd)(const BT_ARGS *a, int64_t inner, const SCALAR *re
 #if BT_SPREAD
     if (TYPED(bt_spreads)(bs, inner)) {
         for (int64_t o = 0; o < inner; o += VEC_LANES) {
-            const TYPED(vec) x = TYPED(vload)(xc + o), y = TYPED(vload)(xm + o);
-            const TYPED(vec) dq = TYPED(vload)(dqkv + o), dk = TYPED(vload)(dqkv + inner + o);
-            const TYPED(vec) dv = TYPED(vload)(dqkv + 2 * inner + o);
-            TYPED(vec) dx = TYPED(vload)(dpre + o), dy = TYPED(vload)(dxm + o);
+            const VEC x = VLOAD(xc + o), y = VLOAD(xm + o);
+            const VEC dq = VLOAD(dqkv + o), dk = VLOAD(dqkv + inner + o);
+            const VEC dv = VLOAD(dqkv + 2 * inner + o);
+            VEC dx = VLOAD(dpre + o), dy = VLOAD(dxm + o);
             for (int64_t d = 0; d < bs; ++d) {
                 const TYPED(lanes) m = TYPED(spread_mask)(d, bs);
-                const TYPED(vec) xd = __builtin_shuffle(x, m), yd = __builtin_shuffle(y, m);
-                dx += __builtin_shuffle(dq, m) * TYPED(vload)(taps + d * inner + o)
-                      + __builtin_shuffle(dk, m) * TYPED(vload)(taps + (bs + d) * inner + o);
-                dy += __builtin_shuffle(dv, m) * TYPED(vload)(taps + (2 * bs + d) * inner + o);
+                const VEC xd = __builtin_shuffle(x, m), yd = __builtin_shuffle(y, m);
+                dx += __builtin_shuffle(dq, m) * VLOAD(taps + d * inner + o)
+                      + __builtin_shuffle(dk, m) * VLOAD(taps + (bs + d) * inner + o);
+                dy += __builtin_shuffle(dv, m) * VLOAD(taps + (2 * bs + d) * inner + o);
                 SCALAR *gq = g + d * inner + o, *gk = g + (bs + d) * inner + o;
                 SCALAR *gv = g + (2 * bs + d) * inner + o;
-                TYPED(vstore)(gq, TYPED(vload)(gq) + xd * dq);
-                TYPED(vstore)(gk, TYPED(vload)(gk) + xd * dk);
-                TYPED(vstore)(gv, TYPED(vload)(gv) + yd * dv);
+                VSTORE(gq, VLOAD(gq) + xd * dq);
+                VSTORE(gk, VLOAD(gk) + xd * dk);
+                VSTORE(gv, VLOAD(gv) + yd * dv);
             }
-            TYPED(vstore)(dpre + o, dx);
-            TYPED(vstore)(dxm + o, dy);
+            VSTORE(dpre + o, dx);
+            VSTORE(dxm + o, dy);
         }
         return;
     }

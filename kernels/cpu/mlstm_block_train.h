@@ -1,6 +1,6 @@
 /* The mLSTM block's training path around the cell, forward and backward, included by kernels.c
- * once per scalar type (define SCALAR, TYPED(name), DOT, SQRT first; vec_exp.h must come before
- * it: its exp keeps the per-element SiLU and sigmoid loops vectorized).
+ * once per scalar type (define SCALAR, TYPED(name), DOT, SQRT first; vec.h and mlstm_sequence.h
+ * must come before it: vec.h's exp keeps the per-element SiLU and sigmoid loops vectorized).
  *
  * Beck et al. 2024, "xLSTM" (arXiv:2405.04517), Section 2.4 and Figure 10 (right); the PyTorch
  * definition is MLSTMBlock.forward in xlstm_rl/cores/mlstm_block.py, whose autograd the tests
@@ -67,7 +67,7 @@ typedef struct {
  * reads taps_t[m, o, j bs + d] = W_m[j, d, o] (d x[c] = sum_o dm[base(c) + o] taps_t[m, o, c])
  * and sums the taps' gradient g[m, d, c] = x[base(c) + d] dm[c]. */
 
-static inline SCALAR BT_SILU(SCALAR x) { return x / ((SCALAR)1 + TYPED(vexp)(-x)); }
+static inline SCALAR BT_SILU(SCALAR x) { return x / ((SCALAR)1 + VEXP(-x)); }
 
 /* x_s of row b: xm at step s >= 0, else the carried window row K - 1 + s. */
 static inline const SCALAR *BT_X(const BT_ARGS *a, int64_t b, int64_t s)
@@ -175,24 +175,23 @@ static void BT_BWD_POST_ROW(const void *args, int64_t b, void *scratch)
             TYPED(bt_moments)(hv, Dh, a->norm_eps, &mean, &rstd);
             for (int64_t e = 0; e < Dh; ++e) {  /* the exponentials apart: this vectorizes */
                 xs[e] = BT_SILU(pre[o + e]);
-                szs[e] = (SCALAR)1 / ((SCALAR)1 + TYPED(vexp)(-z[o + e]));
+                szs[e] = (SCALAR)1 / ((SCALAR)1 + VEXP(-z[o + e]));
             }
             int64_t e0 = 0;
             if (Dh % VEC_LANES == 0) {  /* in vector types: GCC left the plain loop scalar */
-                typedef TYPED(vec) V;
                 for (; e0 < Dh; e0 += VEC_LANES) {
                     const int64_t c = o + e0;
-                    const V x = TYPED(vload)(xs + e0), sz = TYPED(vload)(szs + e0);
-                    const V yv = (TYPED(vload)(hv + e0) - mean) * rstd;
-                    const V zc = TYPED(vload)(z + c), dc = TYPED(vload)(dout + c);
-                    const V nw = TYPED(vload)(norm_w + c), sk = TYPED(vload)(skip + c);
-                    const V mixed = yv * nw + sk * x, dmixed = dc * zc * sz;
-                    TYPED(vstore)(y + e0, yv);
-                    TYPED(vstore)(dz + c, dc * mixed * sz * ((SCALAR)1 + zc * ((SCALAR)1 - sz)));
-                    TYPED(vstore)(g_norm + c, TYPED(vload)(g_norm + c) + dmixed * yv);
-                    TYPED(vstore)(g_skip + c, TYPED(vload)(g_skip + c) + dmixed * x);
-                    TYPED(vstore)(dxc + c, dmixed * sk);
-                    TYPED(vstore)(dhn + e0, dmixed * nw);
+                    const VEC x = VLOAD(xs + e0), sz = VLOAD(szs + e0);
+                    const VEC yv = (VLOAD(hv + e0) - mean) * rstd;
+                    const VEC zc = VLOAD(z + c), dc = VLOAD(dout + c);
+                    const VEC nw = VLOAD(norm_w + c), sk = VLOAD(skip + c);
+                    const VEC mixed = yv * nw + sk * x, dmixed = dc * zc * sz;
+                    VSTORE(y + e0, yv);
+                    VSTORE(dz + c, dc * mixed * sz * ((SCALAR)1 + zc * ((SCALAR)1 - sz)));
+                    VSTORE(g_norm + c, VLOAD(g_norm + c) + dmixed * yv);
+                    VSTORE(g_skip + c, VLOAD(g_skip + c) + dmixed * x);
+                    VSTORE(dxc + c, dmixed * sk);
+                    VSTORE(dhn + e0, dmixed * nw);
                 }
             }
             for (int64_t e = e0; e < Dh; ++e) {
@@ -323,7 +322,7 @@ static void BT_BWD_PRE_ROW(const void *args, int64_t b, void *scratch)
         TYPED(bt_maps_bwd)(a, inner, xc, BT_X(a, b, t), base, dqkv, dpre,
                            a->dup + (b * T + t) * 2 * inner, g_taps);
         for (int64_t c = 0; c < inner; ++c) {  /* the SiLU, in a loop of its own: it vectorizes */
-            const SCALAR s = (SCALAR)1 / ((SCALAR)1 + TYPED(vexp)(-pre[c]));
+            const SCALAR s = (SCALAR)1 / ((SCALAR)1 + VEXP(-pre[c]));
             dpre[c] *= s * ((SCALAR)1 + pre[c] * ((SCALAR)1 - s));
         }
         TYPED(bt_conv_bwd)(a, b, t, start, dpre, g_conv, g_conv_b);

@@ -1,7 +1,7 @@
 /* The fused mLSTM cell step, included by kernels.c once per scalar type.
  *
- * Before inclusion define: SCALAR (float / double), DOT, CELL_HEAD and FN (the function names),
- * EXP, LOG1P, FABS (the math functions of that type).
+ * Before inclusion define: SCALAR (float / double), DOT, CELL_GATES, CELL_GATES_T, CELL_HEAD
+ * and FN (the names), EXP, LOG1P, FABS (the math functions of that type).
  *
  * One step of the stabilized mLSTM cell, Beck et al. 2024, "xLSTM: Extended Long Short-Term
  * Memory" (arXiv:2405.04517), eqs. (19)-(27) with the stabilizer of eqs. (15)-(17):
@@ -35,6 +35,27 @@ static SCALAR DOT(int64_t len, const SCALAR *restrict a, const SCALAR *restrict 
 }
 #undef DOT_LANES
 
+/* The step's gates from the entering stabilizer m_old: f~ = logsigmoid(f) + m_old, the new
+ * stabilizer m' = max(f~, i), i' = exp(i - m'), f' = exp(f~ - m') and the normalizer floor
+ * exp(-m') (arguments clamped at max_exp). The sequence kernel's backward rebuilds states with
+ * this same function, so they equal the forward's. */
+typedef struct { SCALAR f_tilde, m, i_act, f_act, floor_; } CELL_GATES_T;
+
+static inline CELL_GATES_T CELL_GATES(SCALAR i, SCALAR f, SCALAR m_old, SCALAR max_exp)
+{
+    CELL_GATES_T g;
+    g.f_tilde = (f < 0 ? f : (SCALAR)0) - LOG1P(EXP(-FABS(f))) + m_old;
+    g.m = g.f_tilde > i ? g.f_tilde : i;
+    SCALAR a_i = i - g.m, a_f = g.f_tilde - g.m, a_floor = (SCALAR)0 - g.m;
+    a_i = a_i < max_exp ? a_i : max_exp;
+    a_f = a_f < max_exp ? a_f : max_exp;
+    a_floor = a_floor < max_exp ? a_floor : max_exp;
+    g.i_act = EXP(a_i);
+    g.f_act = EXP(a_f);
+    g.floor_ = EXP(a_floor);
+    return g;
+}
+
 /* One batch row, one head: q, k [dk], v [dv], C [dk, dv], n [dk] (ignored when fresh).
  * Co may be Cb (the update in place: each element is read before it is written), else the
  * two do not overlap; the same for no / nb and m_out / the stabilizer passed in. */
@@ -44,16 +65,8 @@ static void CELL_HEAD(int64_t dk, int64_t dv, const SCALAR *restrict qb,
                       int fresh, SCALAR scale, SCALAR eps, SCALAR max_exp,
                       SCALAR *restrict hb, SCALAR *Co, SCALAR *no, SCALAR *m_out)
 {
-    if (fresh)
-        m_old = 0;
-    const SCALAR log_f = (f < 0 ? f : (SCALAR)0) - LOG1P(EXP(-FABS(f)));
-    const SCALAR f_tilde = log_f + m_old;
-    const SCALAR m_new = f_tilde > i ? f_tilde : i;
-    SCALAR a_i = i - m_new, a_f = f_tilde - m_new, a_floor = (SCALAR)0 - m_new;
-    a_i = a_i < max_exp ? a_i : max_exp;
-    a_f = a_f < max_exp ? a_f : max_exp;
-    a_floor = a_floor < max_exp ? a_floor : max_exp;
-    const SCALAR i_act = EXP(a_i), f_act = EXP(a_f), floor_ = EXP(a_floor);
+    const CELL_GATES_T g = CELL_GATES(i, f, fresh ? 0 : m_old, max_exp);
+    const SCALAR m_new = g.m, i_act = g.i_act, f_act = g.f_act, floor_ = g.floor_;
 
     for (int64_t j = 0; j < dv; ++j)
         hb[j] = 0;

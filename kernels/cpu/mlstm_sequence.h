@@ -1,6 +1,6 @@
 /* The mLSTM cell over a sequence, forward and exact backward, included by kernels.c once per
- * scalar type (define SCALAR, TYPED(name) (the name with the type's suffix), VEC_LANES (lanes of
- * 64 bytes), CELL_HEAD, EXP, LOG1P, FABS first; mlstm_cell.h must come before it).
+ * scalar type (define SCALAR, TYPED(name) (the name with the type's suffix), CELL_HEAD, EXP,
+ * LOG1P, FABS first; mlstm_cell.h and vec.h must come before it).
  *
  * The recurrent form of Beck et al. 2024, "xLSTM" (arXiv:2405.04517), Section 2.3 and Appendix
  * A (the step is CELL_HEAD of mlstm_cell.h), one (batch row, head) pair per task, the pairs
@@ -27,9 +27,9 @@
  * the backward rebuilds the matrix memories of one CKPT-step segment at a time from there (the
  * same operations as the forward, so the same values) and walks it backwards: one pass over
  * C', C and dC' per step. Memory: CKPT matrices per thread, one per CKPT steps per pair kept.
- * The backward's inner loop is written in GCC/Clang vector types (VEC, VLEN lanes of 64 bytes;
- * the compiler lowers them to whatever SIMD the target has), so its three reductions stay in
- * registers: plain loops left them to the auto-vectorizer, which spilled them every iteration.
+ * The backward's inner loop is written in the vector types of vec.h, so its three reductions
+ * stay in registers: plain loops left them to the auto-vectorizer, which spilled them every
+ * iteration.
  */
 
 #define SEQ_ARGS TYPED(seq_args)
@@ -43,53 +43,7 @@
 #define SEQ_ROWS TYPED(seq_rows)
 #define SEQ_FWD TYPED(xlstm_mlstm_seq_fwd)
 #define SEQ_BWD TYPED(xlstm_mlstm_seq_bwd)
-#define VEC_HALF TYPED(vec_half)
-#define VEC_QUARTER TYPED(vec_quarter)
-#define VSUM TYPED(vsum)
-#define VLOAD TYPED(vload)
-#define VSTORE TYPED(vstore)
 #define SEQ_FRESH TYPED(seq_fresh)
-#define VEC TYPED(vec)
-
-typedef SCALAR VEC __attribute__((vector_size(64)));
-#define VLEN ((int64_t)VEC_LANES)
-typedef SCALAR VEC_HALF __attribute__((vector_size(32)));
-typedef SCALAR VEC_QUARTER __attribute__((vector_size(16)));
-
-/* Unaligned vector load and store (memcpy: no alignment or aliasing assumption). */
-static inline VEC VLOAD(const SCALAR *p)
-{
-    VEC x;
-    memcpy(&x, p, sizeof x);
-    return x;
-}
-
-static inline void VSTORE(SCALAR *p, VEC x) { memcpy(p, &x, sizeof x); }
-
-/* The sum of a vector's lanes by halving (register shuffles and adds; a lane loop or a memcpy
- * made GCC keep the loop's accumulators in memory). */
-static inline SCALAR VSUM(VEC x)
-{
-#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
-#if VEC_LANES == 16
-    const VEC_HALF h = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7)
-                       + __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
-    const VEC_QUARTER q = __builtin_shufflevector(h, h, 0, 1, 2, 3)
-                          + __builtin_shufflevector(h, h, 4, 5, 6, 7);
-    return (q[0] + q[2]) + (q[1] + q[3]);
-#else
-    const VEC_HALF h = __builtin_shufflevector(x, x, 0, 1, 2, 3)
-                       + __builtin_shufflevector(x, x, 4, 5, 6, 7);
-    const VEC_QUARTER q = __builtin_shufflevector(h, h, 0, 1) + __builtin_shufflevector(h, h, 2, 3);
-    return q[0] + q[1];
-#endif
-#else
-    SCALAR sum = 0;
-    for (int l = 0; l < VEC_LANES; ++l)
-        sum += x[l];
-    return sum;
-#endif
-}
 
 typedef struct {
     int64_t H, S, dk, dv;
@@ -150,25 +104,20 @@ static inline int SEQ_FRESH(const SEQ_ARGS *a, int64_t row, int64_t t)
            || (t == 0 && a->C0 == NULL);
 }
 
-/* The step's gates as the forward computed them: f' and i' (exactly, so rebuilt states equal
- * the forward's), the normalizer floor g, and the shares of the two maxima's gradients. */
+/* The step's gates as the forward computed them (CELL_GATES, so rebuilt states equal the
+ * forward's), the floor's clamp mask, and the shares of the two maxima's gradients. */
 typedef struct { SCALAR fa, ia, floor_, s_a, dlog_f, floor_live; } GATE_PARTS;
 
-static GATE_PARTS SEQ_GATES(SCALAR i, SCALAR f, SCALAR m_old, SCALAR m_new, SCALAR max_exp)
+static GATE_PARTS SEQ_GATES(SCALAR i, SCALAR f, SCALAR m_old, SCALAR max_exp)
 {
-    GATE_PARTS p;
+    const CELL_GATES_T g = CELL_GATES(i, f, m_old, max_exp);
     const SCALAR z = EXP(-FABS(f));
-    const SCALAR log_f = (f < 0 ? f : (SCALAR)0) - LOG1P(z);
-    const SCALAR f_tilde = log_f + m_old;
-    SCALAR a_i = i - m_new, a_f = f_tilde - m_new, a_floor = (SCALAR)0 - m_new;
-    a_i = a_i < max_exp ? a_i : max_exp;
-    a_f = a_f < max_exp ? a_f : max_exp;
-    p.floor_live = a_floor <= max_exp ? 1 : 0;
-    a_floor = a_floor < max_exp ? a_floor : max_exp;
-    p.ia = EXP(a_i);
-    p.fa = EXP(a_f);
-    p.floor_ = EXP(a_floor);
-    p.s_a = f_tilde > i ? 1 : (f_tilde == i ? (SCALAR)0.5 : 0);
+    GATE_PARTS p;
+    p.fa = g.f_act;
+    p.ia = g.i_act;
+    p.floor_ = g.floor_;
+    p.floor_live = -g.m <= max_exp ? 1 : 0;
+    p.s_a = g.f_tilde > i ? 1 : (g.f_tilde == i ? (SCALAR)0.5 : 0);
     p.dlog_f = f < 0 ? (SCALAR)1 / (1 + z) : z / (1 + z);    /* sigmoid(-f) */
     return p;
 }
@@ -183,8 +132,7 @@ static void SEQ_REBUILD(const SEQ_ARGS *a, int64_t row, int64_t t0, int64_t t1,
         const int fresh = SEQ_FRESH(a, row, t);
         const SCALAR m_old = fresh ? 0 : (t == 0 ? a->m0[row] : a->m_all[row * S + t - 1]);
         const int64_t g = b * a->g_s[0] + hd * a->g_s[1] + t * a->g_s[2];
-        const GATE_PARTS p = SEQ_GATES(a->ig[g], a->fg[g], m_old, a->m_all[row * S + t],
-                                       a->max_exp);
+        const GATE_PARTS p = SEQ_GATES(a->ig[g], a->fg[g], m_old, a->max_exp);
         const SCALAR *kb = a->k + b * a->k_s[0] + hd * a->k_s[1] + t * a->k_s[2];
         const SCALAR *vb = a->v + b * a->v_s[0] + hd * a->v_s[1] + t * a->v_s[2];
         SCALAR *Co = Cb + (t - t0) * dk * dv, *no = nb + (t - t0) * dk;
@@ -311,7 +259,7 @@ static SCALAR SEQ_BWD_STEP(const SEQ_ARGS *a, int64_t row, int64_t t, const SCAL
     const int fresh = SEQ_FRESH(a, row, t);
     const SCALAR m_old = fresh ? 0 : (t == 0 ? a->m0[row] : a->m_all[row * S + t - 1]);
     const int64_t g = b * a->g_s[0] + hd * a->g_s[1] + t * a->g_s[2];
-    const GATE_PARTS p = SEQ_GATES(a->ig[g], a->fg[g], m_old, a->m_all[row * S + t], a->max_exp);
+    const GATE_PARTS p = SEQ_GATES(a->ig[g], a->fg[g], m_old, a->max_exp);
     const SCALAR *qb = a->q + b * a->q_s[0] + hd * a->q_s[1] + t * a->q_s[2];
     const SCALAR *kb = a->k + b * a->k_s[0] + hd * a->k_s[1] + t * a->k_s[2];
     const SCALAR *vb = a->v + b * a->v_s[0] + hd * a->v_s[1] + t * a->v_s[2];
@@ -416,11 +364,4 @@ int SEQ_BWD(int64_t B, const SEQ_ARGS *args, int threads)
 #undef SEQ_ROWS
 #undef SEQ_FWD
 #undef SEQ_BWD
-#undef VEC_HALF
-#undef VEC_QUARTER
-#undef VSUM
-#undef VLOAD
-#undef VSTORE
 #undef SEQ_FRESH
-#undef VEC
-#undef VLEN

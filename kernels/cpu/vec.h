@@ -1,5 +1,59 @@
-/* exp in plain arithmetic, so loops that call it vectorize (a libm call per element does not),
- * included by kernels.c once per scalar type (define SCALAR, TYPED(name) first).
+/* Vector helpers of the training kernels, included by kernels.c once per scalar type (define
+ * SCALAR, VEC_LANES (lanes of 64 bytes) and TYPED(name) first): GCC/Clang vector types, which
+ * the compiler lowers to whatever SIMD the target has, their unaligned load and store, the sum
+ * of their lanes, and an exp that vectorizes.
+ */
+
+#define VEC TYPED(vec)
+#define VEC_HALF TYPED(vec_half)
+#define VEC_QUARTER TYPED(vec_quarter)
+#define VLOAD TYPED(vload)
+#define VSTORE TYPED(vstore)
+#define VSUM TYPED(vsum)
+#define VEXP TYPED(vexp)
+#define VLEN ((int64_t)VEC_LANES)
+
+typedef SCALAR VEC __attribute__((vector_size(64)));
+typedef SCALAR VEC_HALF __attribute__((vector_size(32)));
+typedef SCALAR VEC_QUARTER __attribute__((vector_size(16)));
+
+/* Unaligned vector load and store (memcpy: no alignment or aliasing assumption). */
+static inline VEC VLOAD(const SCALAR *p)
+{
+    VEC x;
+    memcpy(&x, p, sizeof x);
+    return x;
+}
+
+static inline void VSTORE(SCALAR *p, VEC x) { memcpy(p, &x, sizeof x); }
+
+/* The sum of a vector's lanes by halving (register shuffles and adds; a lane loop or a memcpy
+ * made GCC keep the loop's accumulators in memory). */
+static inline SCALAR VSUM(VEC x)
+{
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#if VEC_LANES == 16
+    const VEC_HALF h = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7)
+                       + __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+    const VEC_QUARTER q = __builtin_shufflevector(h, h, 0, 1, 2, 3)
+                          + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+    return (q[0] + q[2]) + (q[1] + q[3]);
+#else
+    const VEC_HALF h = __builtin_shufflevector(x, x, 0, 1, 2, 3)
+                       + __builtin_shufflevector(x, x, 4, 5, 6, 7);
+    const VEC_QUARTER q = __builtin_shufflevector(h, h, 0, 1) + __builtin_shufflevector(h, h, 2, 3);
+    return q[0] + q[1];
+#endif
+#else
+    SCALAR sum = 0;
+    for (int l = 0; l < VEC_LANES; ++l)
+        sum += x[l];
+    return sum;
+#endif
+}
+
+/* VEXP: exp in plain arithmetic, so loops that call it vectorize (a libm call per element does
+ * not).
  *
  * exp(x) = 2^n exp(r),  n = round(x / ln 2),  r = x - n ln 2 (ln 2 split in a high part exact in
  * the scalar type and a low part, Cody and Waite 1980), |r| <= ln(2) / 2, and exp(r) by its
@@ -11,7 +65,7 @@
  */
 
 #if VEC_LANES == 16
-static inline float TYPED(vexp)(float x)
+static inline float VEXP(float x)
 {
     x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
     /* adding 1.5 * 2^23 rounds to an integer, which then sits in the low mantissa bits */
@@ -34,7 +88,7 @@ static inline float TYPED(vexp)(float x)
     return p * scale;
 }
 #else
-static inline double TYPED(vexp)(double x)
+static inline double VEXP(double x)
 {
     x = x < -708.0 ? -708.0 : (x > 709.0 ? 709.0 : x);
     const double shifted = x * 1.4426950408889634074 + 6755399441055744.0;  /* 1.5 * 2^52 */
