@@ -201,9 +201,9 @@ def available(dtype: torch.dtype) -> bool:
 
 
 def mlstm_block_forward(up: Tensor, window: Tensor, reset: Tensor | None,
-                      weights: dict[str, Tensor], state: list[Tensor], heads: int,
-                      norm_eps: float, eps: float = 1e-6
-                      ) -> tuple[Tensor, list[Tensor]] | None:
+                        weights: dict[str, Tensor], state: list[Tensor], heads: int,
+                        norm_eps: float, eps: float = 1e-6
+                        ) -> tuple[Tensor, list[Tensor]] | None:
     """The mLSTM block over a sequence from the up-projection output to the down-projection
     input, differentiable in everything, or None when the compiled kernels cannot run it.
 

@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..reference.mlstm_recurrent import MLSTMState, max_exp_arg, state_dtype
-from .mlstm_cell import C_TYPES, threads_for, typed_function
+from ..reference.mlstm_recurrent import MLSTMState
+from .mlstm_cell import C_TYPES, MAX_EXP, threads_for, typed_function
 
 CHECKPOINT = 16
 """Steps between the states the forward keeps (``CKPT`` in kernels.c)."""
@@ -74,7 +74,7 @@ def _fill_inputs(args: Any, q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tenso
     args.q_s, args.k_s, args.v_s, args.g_s = (_strides(t) for t in (q, k, v, i))
     args.reset = _ptr(reset)
     args.C0, args.n0, args.m0 = (None, None, None) if state is None else map(_ptr, state)
-    args.scale, args.eps, args.max_exp = 1.0 / math.sqrt(dk), eps, max_exp_arg(q.dtype)
+    args.scale, args.eps, args.max_exp = 1.0 / math.sqrt(dk), eps, MAX_EXP[q.dtype]
 
 
 def _run(direction: str, dtype: torch.dtype, B: int, args: Any) -> None:
@@ -196,10 +196,9 @@ def mlstm_sequence_cpu(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
     """The mLSTM cell over a sequence in the compiled kernels, or None when they cannot run it.
 
     Args:
-        q, k: ``[B, H, S, Dk]``; v: ``[B, H, S, Dv]``; i, f: ``[B, H, S]`` (any strides; a
-            copy is made only where q, k or v has a strided last dim or i and f differ in
-            layout).
-            CPU float32 or float64 tensors, all of one dtype.
+        q, k: ``[B, H, S, Dk]``; v: ``[B, H, S, Dv]``; i, f: ``[B, H, S]``: CPU float32 or
+            float64 tensors, all of one dtype, any strides (a copy is made only where q, k or
+            v has a strided last dim, or i and f differ in layout).
         state: optional ``(C [B,H,Dk,Dv], n [B,H,Dk], m [B,H])`` of that dtype.
         reset: optional ``[B, S]`` bool, True where the state starts over before that step.
         eps: added to the normalizer.
@@ -211,8 +210,8 @@ def mlstm_sequence_cpu(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
     """
     dtype = q.dtype
     tensors = (q, k, v, i, f, *(state or ()))
-    if (dtype not in C_TYPES or state_dtype(dtype) is not dtype
-            or not all(t.is_cpu and t.dtype is dtype for t in tensors) or not available(dtype)):
+    if (dtype not in C_TYPES or not all(t.is_cpu and t.dtype is dtype for t in tensors)
+            or not available(dtype)):
         return None
     q, k, v = (_lastdim_dense(t) for t in (q, k, v))
     if i.stride() != f.stride():

@@ -92,8 +92,8 @@ class MLSTMBlock(nn.Module):
         up = self.up(self.norm(x))
         if x.device.type == "cpu" and resolve_backend(self.backend, x.device) == "reference":
             fused = mlstm_block_forward(up, state["conv"], reset, self._kernel_weights(),
-                                      [state["C"], state["n"], state["m"]], self.heads,
-                                      self.cell_norm.eps)
+                                        [state["C"], state["n"], state["m"]], self.heads,
+                                        self.cell_norm.eps)
             if fused is not None:
                 out, (C, n, m, window) = fused
                 return x + self.down(out), TensorDict({"C": C, "n": n, "m": m, "conv": window},
