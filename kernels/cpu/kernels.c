@@ -100,6 +100,7 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
 #define TYPED(name) name##_f32
 #include "mlstm_block.h"
 #include "vec.h"
+#include "mlstm_tile.h"
 #include "mlstm_sequence.h"
 #include "mlstm_block_train.h"
 #undef VEC
@@ -143,6 +144,7 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
 #define TYPED(name) name##_f64
 #include "mlstm_block.h"
 #include "vec.h"
+#include "mlstm_tile.h"
 #include "mlstm_sequence.h"
 #include "mlstm_block_train.h"
 

@@ -38,6 +38,9 @@
 #define SEQ_GATES TYPED(seq_gates)
 #define GATE_PARTS TYPED(gate_parts)
 #define SEQ_REBUILD TYPED(seq_rebuild)
+#define SEQ_RUN_BYTES TYPED(seq_run_bytes)
+#define SEQ_RUN_SETUP TYPED(seq_run_setup)
+#define SEQ_ROW_GATES TYPED(seq_row_gates)
 #define SEQ_BWD_STEP TYPED(seq_bwd_step)
 #define SEQ_BWD_PASS TYPED(seq_bwd_pass)
 #define SEQ_ROWS TYPED(seq_rows)
@@ -62,46 +65,87 @@ typedef struct {
     SCALAR *dC0, *dn0, *dm0;                 /* or NULL (not wanted) */
 } SEQ_ARGS;
 
-static void SEQ_FWD_ROW(const void *args, int64_t row, void *scratch)
-{
-    (void)scratch;
-    const SEQ_ARGS *a = args;
-    const int64_t b = row / a->H, hd = row % a->H, dk = a->dk, dv = a->dv, S = a->S;
-    const int64_t mat = dk * dv;
-    SCALAR *C = a->C + row * mat, *n = a->n + row * dk, m = 0;
-    if (a->C0 != NULL) {
-        memcpy(C, a->C0 + row * mat, sizeof(SCALAR) * (size_t)mat);
-        memcpy(n, a->n0 + row * dk, sizeof(SCALAR) * (size_t)dk);
-        m = a->m0[row];
-    } else {
-        memset(C, 0, sizeof(SCALAR) * (size_t)mat);
-        memset(n, 0, sizeof(SCALAR) * (size_t)dk);
-    }
-    const int64_t nseg = (S + CKPT - 1) / CKPT;
-    for (int64_t t = 0; t < S; ++t) {
-        if (a->ck_C != NULL && t > 0 && t % CKPT == 0) {  /* segment 0 enters from C0, n0 */
-            const int64_t at = row * (nseg - 1) + t / CKPT - 1;
-            memcpy(a->ck_C + at * mat, C, sizeof(SCALAR) * (size_t)mat);
-            memcpy(a->ck_n + at * dk, n, sizeof(SCALAR) * (size_t)dk);
-        }
-        const int fresh = a->reset != NULL && a->reset[b * S + t] != 0;
-        const int64_t g = b * a->g_s[0] + hd * a->g_s[1] + t * a->g_s[2];
-        CELL_HEAD(dk, dv, a->q + b * a->q_s[0] + hd * a->q_s[1] + t * a->q_s[2],
-                  a->k + b * a->k_s[0] + hd * a->k_s[1] + t * a->k_s[2],
-                  a->v + b * a->v_s[0] + hd * a->v_s[1] + t * a->v_s[2],
-                  a->ig[g], a->fg[g], C, n, m, fresh, a->scale, a->eps, a->max_exp,
-                  a->h + (row * S + t) * dv, C, n, &m);
-        if (a->m_all != NULL)
-            a->m_all[row * S + t] = m;
-    }
-    a->m[row] = m;
-}
-
 /* True when step t of `row` starts from the zero state: a reset, or t = 0 without C0. */
 static inline int SEQ_FRESH(const SEQ_ARGS *a, int64_t row, int64_t t)
 {
     return (a->reset != NULL && a->reset[(row / a->H) * a->S + t] != 0)
            || (t == 0 && a->C0 == NULL);
+}
+
+/* Bytes of SEQ_RUN step arrays for S steps (SEQ_RUN_SETUP lays them out). */
+static size_t SEQ_RUN_BYTES(int64_t S, int64_t dk)
+{
+    return sizeof(SCALAR) * (size_t)(4 * S + 2 * S * dk) + (size_t)S;
+}
+
+/* Points r at one pair's inputs and at its step arrays in `scratch`, and marks its fresh steps.
+ * Returns the step arrays' den [S] (the forward's read-out denominators). */
+static SCALAR *SEQ_RUN_SETUP(const SEQ_ARGS *a, int64_t row, void *scratch, SEQ_RUN *r)
+{
+    const int64_t b = row / a->H, hd = row % a->H, S = a->S, dk = a->dk;
+    SCALAR *arr = scratch;
+    r->dk = dk;
+    r->dv = a->dv;
+    r->q = a->q + b * a->q_s[0] + hd * a->q_s[1];
+    r->k = a->k + b * a->k_s[0] + hd * a->k_s[1];
+    r->v = a->v + b * a->v_s[0] + hd * a->v_s[1];
+    r->q_t = a->q_s[2];
+    r->k_t = a->k_s[2];
+    r->v_t = a->v_s[2];
+    r->scale = a->scale;
+    r->fa = arr;
+    r->ia = arr + S;
+    r->floor_ = arr + 2 * S;
+    r->qs = arr + 4 * S;
+    r->ks = r->qs + S * dk;
+    r->fresh = (uint8_t *)(r->ks + S * dk);
+    for (int64_t t = 0; t < S; ++t)
+        r->fresh[t] = (uint8_t)SEQ_FRESH(a, row, t);
+    return arr + 3 * S;
+}
+
+/* The gates of `row`'s steps [t0, t1) (see SEQ_GATE_RUN; m_in: the forward's m_all or NULL). */
+static SCALAR SEQ_ROW_GATES(const SEQ_ARGS *a, SEQ_RUN *r, int64_t row, int64_t t0, int64_t t1,
+                            const SCALAR *m_in, SCALAR *m_out)
+{
+    const int64_t b = row / a->H, hd = row % a->H, g = b * a->g_s[0] + hd * a->g_s[1];
+    const SCALAR m0 = a->C0 != NULL ? a->m0[row] : 0;
+    return SEQ_GATE_RUN(r, t0, t1, a->ig + g, a->fg + g, a->g_s[2], m0, m_in, m_out,
+                        a->max_exp);
+}
+
+/* The forward of one pair: gates, normalizer, then the matrix memory by register tiles
+ * (mlstm_tile.h), keeping the state entering every CKPT-th step when ck_C is given. */
+static void SEQ_FWD_ROW(const void *args, int64_t row, void *scratch)
+{
+    const SEQ_ARGS *a = args;
+    const int64_t dk = a->dk, dv = a->dv, S = a->S, mat = dk * dv;
+    const int64_t nseg = (S + CKPT - 1) / CKPT;
+    SEQ_RUN r;
+    SCALAR *den = SEQ_RUN_SETUP(a, row, scratch, &r);
+    SCALAR *C = a->C + row * mat, *n = a->n + row * dk, *h = a->h + row * S * dv;
+    const SCALAR *C0 = a->C0 == NULL ? NULL : a->C0 + row * mat;
+    if (C0 != NULL)
+        memcpy(n, a->n0 + row * dk, sizeof(SCALAR) * (size_t)dk);
+    else
+        memset(n, 0, sizeof(SCALAR) * (size_t)dk);
+    a->m[row] = SEQ_ROW_GATES(a, &r, row, 0, S, NULL,
+                              a->m_all == NULL ? NULL : a->m_all + row * S);
+    SEQ_NORM_RUN(&r, 0, S, n, a->eps, den, NULL,
+                 a->ck_n == NULL ? NULL : a->ck_n + row * (nseg - 1) * dk);
+    if (a->ck_C == NULL) {
+        SEQ_MEMORY_RUN(&r, 0, S, C0, C, h, NULL);
+    } else {
+        SCALAR *ck = a->ck_C + row * (nseg - 1) * mat;
+        for (int64_t seg = 0; seg < nseg; ++seg) {
+            const int64_t t0 = seg * CKPT, t1 = t0 + CKPT < S ? t0 + CKPT : S;
+            SEQ_MEMORY_RUN(&r, t0, t1, seg == 0 ? C0 : ck + (seg - 1) * mat,
+                           seg == nseg - 1 ? C : ck + seg * mat, h, NULL);
+        }
+    }
+    for (int64_t t = 0; t < S; ++t)
+        for (int64_t j = 0; j < dv; ++j)
+            h[t * dv + j] /= den[t];
 }
 
 /* The step's gates as the forward computed them (CELL_GATES, so rebuilt states equal the
@@ -122,36 +166,16 @@ static GATE_PARTS SEQ_GATES(SCALAR i, SCALAR f, SCALAR m_old, SCALAR max_exp)
     return p;
 }
 
-/* Rebuilds C_t, n_t for t in [t0, t1) from the state entering t0 (ck), into Cb / nb. */
-static void SEQ_REBUILD(const SEQ_ARGS *a, int64_t row, int64_t t0, int64_t t1,
-                        const SCALAR *ck_C, const SCALAR *ck_n, SCALAR *Cb, SCALAR *nb)
+/* Rebuilds C_t, n_t for t in [t0, t1) into Cb, nb from the state entering t0 (ck_C, ck_n;
+ * not read when t0 is fresh) with the forward's own code, so the values are the forward's. */
+static void SEQ_REBUILD(const SEQ_ARGS *a, SEQ_RUN *r, int64_t row, int64_t t0, int64_t t1,
+                        const SCALAR *ck_C, const SCALAR *ck_n, SCALAR *Cb, SCALAR *nb,
+                        SCALAR *n_work)
 {
-    const int64_t b = row / a->H, hd = row % a->H, dk = a->dk, dv = a->dv, S = a->S;
-    const SCALAR *Cp = ck_C, *np = ck_n;
-    for (int64_t t = t0; t < t1; ++t) {
-        const int fresh = SEQ_FRESH(a, row, t);
-        const SCALAR m_old = fresh ? 0 : (t == 0 ? a->m0[row] : a->m_all[row * S + t - 1]);
-        const int64_t g = b * a->g_s[0] + hd * a->g_s[1] + t * a->g_s[2];
-        const GATE_PARTS p = SEQ_GATES(a->ig[g], a->fg[g], m_old, a->max_exp);
-        const SCALAR *kb = a->k + b * a->k_s[0] + hd * a->k_s[1] + t * a->k_s[2];
-        const SCALAR *vb = a->v + b * a->v_s[0] + hd * a->v_s[1] + t * a->v_s[2];
-        SCALAR *Co = Cb + (t - t0) * dk * dv, *no = nb + (t - t0) * dk;
-        for (int64_t r = 0; r < dk; ++r) {
-            const SCALAR ik = kb[r] * p.ia;
-            SCALAR *restrict Orow = Co + r * dv;
-            no[r] = fresh ? ik : ik + p.fa * np[r];
-            if (fresh) {
-                for (int64_t j = 0; j < dv; ++j)
-                    Orow[j] = ik * vb[j];
-            } else {
-                const SCALAR *restrict Crow = Cp + r * dv;
-                for (int64_t j = 0; j < dv; ++j)
-                    Orow[j] = Crow[j] * p.fa + ik * vb[j];
-            }
-        }
-        Cp = Co;
-        np = no;
-    }
+    SEQ_ROW_GATES(a, r, row, t0, t1, a->m_all + row * a->S, NULL);
+    memcpy(n_work, ck_n, sizeof(SCALAR) * (size_t)a->dk);
+    SEQ_NORM_RUN(r, t0, t1, n_work, a->eps, NULL, nb, NULL);
+    SEQ_MEMORY_RUN(r, t0, t1, r->fresh[t0] ? NULL : ck_C, NULL, NULL, Cb);
 }
 
 /* What one backward step's pass over the matrix memory reads. */
@@ -266,9 +290,7 @@ static SCALAR SEQ_BWD_STEP(const SEQ_ARGS *a, int64_t row, int64_t t, const SCAL
     const SCALAR *hb = a->h + (row * S + t) * dv;
     const SCALAR *dhb = a->dh == NULL ? NULL
         : a->dh + b * a->dh_s[0] + hd * a->dh_s[1] + t * a->dh_s[2];
-    SCALAR qn = 0;
-    for (int64_t r = 0; r < dk; ++r)
-        qn += qb[r] * a->scale * nt[r];
+    const SCALAR qn = SEQ_QN(dk, qb, a->scale, nt);
     const SCALAR mag = FABS(qn), den = (mag > p.floor_ ? mag : p.floor_) + a->eps;
     SCALAR dh_h = 0;
     for (int64_t j = 0; j < dv; ++j) {
@@ -306,7 +328,9 @@ static void SEQ_BWD_ROW(const void *args, int64_t row, void *scratch)
     const int64_t dk = a->dk, dv = a->dv, S = a->S, mat = dk * dv;
     const int64_t nseg = (S + CKPT - 1) / CKPT;
     SCALAR *Cb = scratch, *nb = Cb + CKPT * mat, *dC = nb + CKPT * dk, *dn = dC + mat;
-    SCALAR *dnum = dn + dk, *dvacc = dnum + dv;
+    SCALAR *dnum = dn + dk, *dvacc = dnum + dv, *n_work = dvacc + dv;
+    SEQ_RUN r;
+    SEQ_RUN_SETUP(a, row, n_work + dk, &r);
     SCALAR dm = a->dm != NULL ? a->dm[row] : 0;
     if (a->dC != NULL) {
         memcpy(dC, a->dC + row * mat, sizeof(SCALAR) * (size_t)mat);
@@ -322,7 +346,7 @@ static void SEQ_BWD_ROW(const void *args, int64_t row, void *scratch)
                                      : (a->C0 != NULL ? a->C0 + row * mat : Cb);
         const SCALAR *ck_n = seg > 0 ? a->ck_n + (row * (nseg - 1) + seg - 1) * dk
                                      : (a->C0 != NULL ? a->n0 + row * dk : nb);
-        SEQ_REBUILD(a, row, t0, t1, ck_C, ck_n, Cb, nb);
+        SEQ_REBUILD(a, &r, row, t0, t1, ck_C, ck_n, Cb, nb, n_work);
         for (int64_t t = t1 - 1; t >= t0; --t) {
             const SCALAR *Cp = t == t0 ? ck_C : Cb + (t - t0 - 1) * mat;
             const SCALAR *np = t == t0 ? ck_n : nb + (t - t0 - 1) * dk;
@@ -341,15 +365,17 @@ static void SEQ_BWD_ROW(const void *args, int64_t row, void *scratch)
  * backward. Returns 0, or 1 when a thread cannot be started or memory allocated. */
 int SEQ_FWD(int64_t B, const SEQ_ARGS *args, int threads)
 {
-    return parallel_rows(SEQ_FWD_ROW, args, B * args->H, threads, 0, NULL, NULL);
+    return parallel_rows(SEQ_FWD_ROW, args, B * args->H, threads,
+                         SEQ_RUN_BYTES(args->S, args->dk), NULL, NULL);
 }
 
 /* Backward of SEQ_FWD (which must have kept its checkpoints in args). */
 int SEQ_BWD(int64_t B, const SEQ_ARGS *args, int threads)
 {
     const int64_t mat = args->dk * args->dv;
-    const size_t scratch = sizeof(SCALAR) * (size_t)(CKPT * (mat + args->dk) + mat + args->dk
-                                                     + 2 * args->dv);
+    const size_t scratch = sizeof(SCALAR) * (size_t)(CKPT * (mat + args->dk) + mat
+                                                     + 2 * args->dk + 2 * args->dv)
+                           + SEQ_RUN_BYTES(args->S, args->dk);
     return parallel_rows(SEQ_BWD_ROW, args, B * args->H, threads, scratch, NULL, NULL);
 }
 
@@ -359,9 +385,18 @@ int SEQ_BWD(int64_t B, const SEQ_ARGS *args, int threads)
 #undef SEQ_GATES
 #undef GATE_PARTS
 #undef SEQ_REBUILD
+#undef SEQ_RUN_BYTES
+#undef SEQ_RUN_SETUP
+#undef SEQ_ROW_GATES
 #undef SEQ_BWD_STEP
 #undef SEQ_BWD_PASS
 #undef SEQ_ROWS
 #undef SEQ_FWD
 #undef SEQ_BWD
 #undef SEQ_FRESH
+#undef SEQ_RUN
+#undef SEQ_QN
+#undef SEQ_GATE_RUN
+#undef SEQ_NORM_RUN
+#undef SEQ_MEMORY_RUN
+#undef TILE_ROWS
