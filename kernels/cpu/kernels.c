@@ -102,6 +102,7 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
 #include "vec.h"
 #include "mlstm_tile.h"
 #include "mlstm_sequence.h"
+#include "mlstm_sequence_bwd.h"
 #include "mlstm_block_train.h"
 #undef VEC
 #undef VEC_HALF
@@ -146,6 +147,7 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
 #include "vec.h"
 #include "mlstm_tile.h"
 #include "mlstm_sequence.h"
+#include "mlstm_sequence_bwd.h"
 #include "mlstm_block_train.h"
 
 #endif
