@@ -3,7 +3,7 @@
  * LOG1P, FABS first; mlstm_cell.h and vec.h must come before it).
  *
  * The recurrent form of Beck et al. 2024, "xLSTM" (arXiv:2405.04517), Section 2.3 and Appendix
- * A (the step is CELL_HEAD of mlstm_cell.h), one (batch row, head) pair per task, the pairs
+ * A (the step of CELL_HEAD in mlstm_cell.h), one (batch row, head) pair per task, the pairs
  * spread over threads. The backward is the exact gradient of that step loop as autograd takes
  * it through the PyTorch reference (xlstm_rl/kernels/reference/mlstm_recurrent.py), with
  * torch's tie rules: torch.maximum gives half the gradient to each side of a tie, |x| at 0
@@ -23,13 +23,12 @@
  *   dm' -= f' df' + i' di';  da = f' df' + s2 dm';  di = i' di' + (1 - s2) dm'  (s2: a's share)
  *   df = da sigmoid(-f);  dC = f' dC';  dn = f' dn';  dm = da
  *
- * The forward keeps the state entering every CKPT-th step and the stabilizer m of every step;
- * the backward rebuilds the matrix memories of one CKPT-step segment at a time from there (the
- * same operations as the forward, so the same values) and walks it backwards: one pass over
- * C', C and dC' per step. Memory: CKPT matrices per thread, one per CKPT steps per pair kept.
- * The backward's inner loop is written in the vector types of vec.h, so its three reductions
- * stay in registers: plain loops left them to the auto-vectorizer, which spilled them every
- * iteration.
+ * The forward runs the gates and the normalizer over all steps first, then the matrix memory in
+ * register tiles that each walk every step (mlstm_tile.h), keeping the state entering every
+ * CKPT-th step and the stabilizer m of every step. The backward (mlstm_sequence_bwd.h) rebuilds
+ * the matrix memories of one CKPT-step segment at a time from there with the same arithmetic
+ * and walks the segment backwards. Memory: CKPT + 2 matrices per thread, one per CKPT steps
+ * per pair kept.
  */
 
 #define SEQ_ARGS TYPED(seq_args)
