@@ -3,8 +3,9 @@
  * in a few seconds (build.py compiles this file once per scalar type, -DXLSTM_PART=32 / 64, the
  * two at once, and links them; without XLSTM_PART it holds both). The math is in mlstm_cell.h
  * and mlstm_block.h (the acting step), mlstm_tile.h, mlstm_sequence.h and mlstm_sequence_bwd.h
- * (the cell over a sequence, forward and backward) and mlstm_block_train.h with mlstm_block_maps.h (the rest of the block's training
- * path, forward and backward); vec.h holds the vector helpers. */
+ * (the cell over a sequence, forward and backward), and mlstm_block_train.h with
+ * mlstm_block_maps.h (the rest of the block's training path, forward and backward); vec.h holds
+ * the vector helpers. */
 #include <math.h>
 #include <pthread.h>
 #include <stddef.h>

@@ -126,10 +126,10 @@ static void SEQ_NORM_RUN(SEQ_RUN *r, int64_t t0, int64_t t1, SCALAR *n, SCALAR e
 }
 
 /* Rows [a0, a0 + rows) x columns [j0, j0 + lanes) of C over steps [t0, t1), from C_in (NULL:
- * zeros) to C_out (rows of length dv; NULL: not stored). With hnum, adds each step's read-out of these rows into
- * hnum + t dv (or stores it there when `first`); with each, stores the tile after step t at
- * each + (t - t0) dk dv. rows, lanes, hnum and each are constants where it is inlined, so the
- * tile lives in registers and the unused parts vanish. */
+ * zeros) to C_out (rows of length dv; NULL: not stored). With hnum, adds each step's read-out
+ * of these rows into hnum + t dv (or stores it there when `first`); with each, stores the tile
+ * after step t at each + (t - t0) dk dv. rows, lanes, hnum and each are constants where it is
+ * inlined, so the tile lives in registers and the unused parts vanish. */
 static inline __attribute__((always_inline)) void SEQ_TILE(
     const SEQ_RUN *r, int rows, int64_t lanes, int64_t a0, int64_t j0, int64_t t0, int64_t t1,
     const SCALAR *C_in, SCALAR *C_out, SCALAR *hnum, int first, SCALAR *each)
