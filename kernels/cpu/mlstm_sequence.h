@@ -1,6 +1,6 @@
 /* The mLSTM cell over a sequence, forward and exact backward, included by kernels.c once per
- * scalar type (define SCALAR, TYPED(name) (the name with the type's suffix), CELL_HEAD, EXP,
- * LOG1P, FABS first; mlstm_cell.h and vec.h must come before it).
+ * scalar type (define SCALAR, TYPED(name) (the name with the type's suffix), EXP, LOG1P, FABS
+ * first; mlstm_cell.h (CELL_GATES, DOT), vec.h and mlstm_tile.h must come before it).
  *
  * The recurrent form of Beck et al. 2024, "xLSTM" (arXiv:2405.04517), Section 2.3 and Appendix
  * A (the step of CELL_HEAD in mlstm_cell.h), one (batch row, head) pair per task, the pairs

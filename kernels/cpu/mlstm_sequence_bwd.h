@@ -192,11 +192,11 @@ static SCALAR SEQ_BWD_STEP(const SEQ_ARGS *a, const SEQ_RUN *r, int64_t row, int
     const SCALAR m_old = fresh ? 0 : (t == 0 ? a->m0[row] : a->m_all[row * S + t - 1]);
     const int64_t g = b * a->g_s[0] + hd * a->g_s[1] + t * a->g_s[2];
     const GATE_PARTS p = SEQ_GATES(a->ig[g], a->fg[g], m_old, a->max_exp);
-    const SCALAR *qb = r->q + t * r->q_t, *kb = r->k + t * r->k_t, *vb = r->v + t * r->v_t;
+    const SCALAR *kb = r->k + t * r->k_t, *vb = r->v + t * r->v_t;
     const SCALAR *hb = a->h + (row * S + t) * dv;
     const SCALAR *dhb = a->dh == NULL ? NULL
         : a->dh + b * a->dh_s[0] + hd * a->dh_s[1] + t * a->dh_s[2];
-    const SCALAR qn = SEQ_QN(dk, qb, a->scale, nt);
+    const SCALAR qn = DOT(dk, r->qs + t * dk, nt);  /* as the forward's denominator took it */
     const SCALAR mag = FABS(qn), den = (mag > p.floor_ ? mag : p.floor_) + a->eps;
     SCALAR *dnum = work, *sq = work + dv, *su = sq + dk;
     SCALAR dh_h = 0, v_dnum = 0;
@@ -272,7 +272,7 @@ static void SEQ_BWD_ROW(const void *args, int64_t row, void *scratch)
 int SEQ_BWD(int64_t B, const SEQ_ARGS *args, int threads)
 {
     const int64_t dk = args->dk, dv = args->dv, mat = dk * dv;
-    const size_t scratch = sizeof(SCALAR) * (size_t)((CKPT + 2) * mat + (CKPT + 4) * dk + 2 * dv)
+    const size_t scratch = sizeof(SCALAR) * (size_t)((CKPT + 2) * mat + (CKPT + 4) * dk + dv)
                            + SEQ_RUN_BYTES(args->S, dk);
     return parallel_rows(SEQ_BWD_ROW, args, B * args->H, threads, scratch, NULL, NULL);
 }
@@ -301,7 +301,6 @@ int SEQ_BWD(int64_t B, const SEQ_ARGS *args, int threads)
 #undef SEQ_FWD
 #undef SEQ_FRESH
 #undef SEQ_RUN
-#undef SEQ_QN
 #undef SEQ_GATE_RUN
 #undef SEQ_NORM_RUN
 #undef SEQ_MEMORY_RUN

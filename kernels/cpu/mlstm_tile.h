@@ -1,6 +1,6 @@
 /* The mLSTM cell's recurrence over a run of steps for one (batch row, head) pair, with the
  * matrix memory held in registers, included by kernels.c once per scalar type (after vec.h and
- * mlstm_cell.h; mlstm_sequence.h builds its forward and its backward's rebuild on it).
+ * mlstm_cell.h; the forward of mlstm_sequence.h and the rebuild of mlstm_sequence_bwd.h use it).
  *
  * The step (Beck et al. 2024, "xLSTM", arXiv:2405.04517, eqs. (19)-(27); see mlstm_cell.h):
  *
@@ -14,8 +14,10 @@
  * traffic; a step's read-out is summed over the tiles of a column block in the output row.
  *
  * The arithmetic per element is the step's, in the same order: (i' k[a]) v[j] added to f' C,
- * then q~[a] times the result added into the read-out, so the backward's rebuild (the same
- * code) reproduces the forward's states exactly.
+ * then q~[a] times the result added into the read-out. The backward's rebuild (SEQ_TILE_T, the
+ * same walk with the memory transposed, for mlstm_sequence_bwd.h) writes the same per-element
+ * expression, so it rebuilds the forward's states; the tests compare every gradient with the
+ * reference's.
  */
 
 #define TILE_ROWS 16
@@ -27,7 +29,6 @@
 #define SEQ_MEMORY_RUN TYPED(seq_memory_run)
 #define SEQ_TILE_T TYPED(seq_tile_t)
 #define SEQ_MEMORY_RUN_T TYPED(seq_memory_run_t)
-#define SEQ_QN TYPED(seq_qn)
 #define VLOAD_PART TYPED(vload_part)
 #define VSTORE_PART TYPED(vstore_part)
 
@@ -55,21 +56,6 @@ static inline VEC VLOAD_PART(const SCALAR *p, int64_t lanes)
 static inline void VSTORE_PART(SCALAR *p, VEC x, int64_t lanes)
 {
     memcpy(p, &x, sizeof(SCALAR) * (size_t)lanes);
-}
-
-/* q~ . n over dk, q~ = q * scale rounded per element as the step does; in vector partial sums
- * (one running sum waits on every add). The forward's denominator and the backward's
- * recomputed one both come from here, so they agree. */
-static inline SCALAR SEQ_QN(int64_t dk, const SCALAR *q, SCALAR scale, const SCALAR *n)
-{
-    const int64_t whole = dk - dk % VLEN;
-    VEC acc = {0};
-    for (int64_t a = 0; a < whole; a += VLEN)
-        acc += (VLOAD(q + a) * scale) * VLOAD(n + a);
-    SCALAR qn = VSUM(acc);
-    for (int64_t a = whole; a < dk; ++a)
-        qn += (q[a] * scale) * n[a];
-    return qn;
 }
 
 /* The gates of steps [t0, t1) (CELL_GATES, as the acting step takes them) from the stabilizer
@@ -117,7 +103,7 @@ static void SEQ_NORM_RUN(SEQ_RUN *r, int64_t t0, int64_t t1, SCALAR *n, SCALAR e
             ks[a] = ik;
         }
         if (den != NULL) {
-            const SCALAR mag = FABS(SEQ_QN(dk, qb, r->scale, n));
+            const SCALAR mag = FABS(DOT(dk, qs, n));   /* the backward takes it the same way */
             den[t] = (mag > r->floor_[t] ? mag : r->floor_[t]) + eps;
         }
         if (each_n != NULL)
