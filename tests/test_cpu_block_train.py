@@ -120,6 +120,18 @@ def test_matches_the_pytorch_block(heads, conv_kernel, block_size, T, dtype):
     assert_match(got, want, TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_odd_widths_match_the_pytorch_block(dtype):
+    """Width 20 with 4 heads: inner 40, head size 10, 3 * inner = 120 channels, not a whole
+    number of float32 vectors (16 lanes), so the gate rows' vector sums have scalar tails, and
+    the q/k/v maps take their per-channel loops (inner is not a multiple of 16)."""
+    block = make_block(20, 4, 4, 4, dtype)
+    x, state, reset = make_case(block, 3, 13, seed=11)
+    got = run(block, x, state, reset, compiled=True)
+    want = run(block, x, state, reset, compiled=False)
+    assert_match(got, want, TOL[dtype])
+
+
 def test_without_resets_and_with_a_zero_state():
     block = make_block(16, 2, 4, 4, torch.float64)
     x, _, _ = make_case(block, 2, 30, seed=4)

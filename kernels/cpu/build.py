@@ -30,7 +30,7 @@ _HERE = Path(__file__).resolve().parent
 SOURCES = ("kernels.c", "mlstm_cell.h", "mlstm_block.h", "mlstm_tile.h", "mlstm_sequence.h",
            "mlstm_sequence_bwd.h", "mlstm_block_train.h", "mlstm_block_maps.h", "vec.h")
 """Files the library is built from (the first is compiled; the others are included)."""
-ABI_VERSION = 3
+ABI_VERSION = 4
 """Must equal ``xlstm_cpu_kernels_abi()`` of the loaded library."""
 _FLAG_SETS = (("-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=fast"),
               ("-O3", "-march=native"), ("-O3",))

@@ -14,13 +14,14 @@ typedef int32_t TYPED(lanes) __attribute__((vector_size(64)));
 typedef int64_t TYPED(lanes) __attribute__((vector_size(64)));
 #endif
 
-/* Lane l -> (l / bs) * bs + d: every lane of a block reads the block's input d. */
-static inline TYPED(lanes) TYPED(spread_mask)(int64_t d, int64_t bs)
+/* masks[d], d < bs: lane l -> (l / bs) * bs + d, so every lane of a block reads the block's
+ * input d. Built once per call: built per tap inside the channel loop, the integer arithmetic
+ * cost more than the maps' multiply-adds. */
+static inline void TYPED(spread_masks)(int64_t bs, TYPED(lanes) *masks)
 {
-    TYPED(lanes) m;
-    for (int l = 0; l < VEC_LANES; ++l)
-        m[l] = (l / bs) * bs + d;
-    return m;
+    for (int64_t d = 0; d < bs; ++d)
+        for (int l = 0; l < VEC_LANES; ++l)
+            masks[d][l] = (l / bs) * bs + d;
 }
 #else
 #define BT_SPREAD 0
@@ -40,11 +41,13 @@ static void TYPED(bt_maps_fwd)(const BT_ARGS *a, int64_t inner, const SCALAR *re
     const SCALAR *taps = a->taps;
 #if BT_SPREAD
     if (TYPED(bt_spreads)(bs, inner)) {
+        TYPED(lanes) masks[VEC_LANES];
+        TYPED(spread_masks)(bs, masks);
         for (int64_t o = 0; o < inner; o += VEC_LANES) {
             const VEC x = VLOAD(xc + o), y = VLOAD(xm + o);
             VEC q = {0}, k = {0}, v = {0};
             for (int64_t d = 0; d < bs; ++d) {
-                const TYPED(lanes) m = TYPED(spread_mask)(d, bs);
+                const TYPED(lanes) m = masks[d];
                 const VEC xd = __builtin_shuffle(x, m), yd = __builtin_shuffle(y, m);
                 q += xd * VLOAD(taps + d * inner + o);
                 k += xd * VLOAD(taps + (bs + d) * inner + o);
@@ -80,13 +83,15 @@ static void TYPED(bt_maps_bwd)(const BT_ARGS *a, int64_t inner, const SCALAR *re
     const SCALAR *taps = a->taps_t;
 #if BT_SPREAD
     if (TYPED(bt_spreads)(bs, inner)) {
+        TYPED(lanes) masks[VEC_LANES];
+        TYPED(spread_masks)(bs, masks);
         for (int64_t o = 0; o < inner; o += VEC_LANES) {
             const VEC x = VLOAD(xc + o), y = VLOAD(xm + o);
             const VEC dq = VLOAD(dqkv + o), dk = VLOAD(dqkv + inner + o);
             const VEC dv = VLOAD(dqkv + 2 * inner + o);
             VEC dx = VLOAD(dpre + o), dy = VLOAD(dxm + o);
             for (int64_t d = 0; d < bs; ++d) {
-                const TYPED(lanes) m = TYPED(spread_mask)(d, bs);
+                const TYPED(lanes) m = masks[d];
                 const VEC xd = __builtin_shuffle(x, m), yd = __builtin_shuffle(y, m);
                 dx += __builtin_shuffle(dq, m) * VLOAD(taps + d * inner + o)
                       + __builtin_shuffle(dk, m) * VLOAD(taps + (bs + d) * inner + o);

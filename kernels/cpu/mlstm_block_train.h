@@ -58,8 +58,8 @@ typedef struct {
 
 /* Weight gradients, in this order in one vector (the post part's first, then the pre part's):
  *   post: norm_w [inner], skip [inner]
- *   pre:  conv_w [K * inner], conv_b [inner], taps [3 * bs * inner], gate_w [2H * 3 inner],
- *         gate_b [2H]
+ *   pre:  conv_w [K * inner], conv_b [inner], taps [3 * bs * inner], then gate_w [2H * 3 inner]
+ *         and gate_b [2H], which mlstm_block_train.py fills (one matrix product over all rows)
  *
  * The block-diagonal maps (blocks of bs) by tap, so their loops run over all inner channels:
  * with base(c) = c - c % bs, out[c] = sum_{d < bs} x[base(c) + d] taps[m, d, c] for the maps
@@ -77,6 +77,36 @@ static inline const SCALAR *BT_X(const BT_ARGS *a, int64_t b, int64_t s)
 }
 
 #include "mlstm_block_maps.h"
+
+#define BT_GATE_GROUP 8
+/* gates[r] = gate_w[r] . qkv + gate_b[r], r < 2H: BT_GATE_GROUP rows at a time, one vector
+ * accumulator each, so each vector of qkv is loaded once per group (one dot product per row read
+ * qkv 2H times); rows past the last whole group and channels past the last whole vector in
+ * scalars. */
+static void TYPED(bt_gates_fwd)(const BT_ARGS *a, const SCALAR *restrict qkv,
+                                SCALAR *restrict gates)
+{
+    const int64_t R = 2 * a->H, G = 3 * a->H * a->Dh, Gv = G - G % VLEN;
+    int64_t r = 0;
+    for (; r + BT_GATE_GROUP <= R; r += BT_GATE_GROUP) {
+        const SCALAR *restrict w = a->gate_w + r * G;
+        VEC acc[BT_GATE_GROUP] = {{0}};
+        for (int64_t c = 0; c < Gv; c += VLEN) {
+            const VEC x = VLOAD(qkv + c);
+            for (int j = 0; j < BT_GATE_GROUP; ++j)
+                acc[j] += x * VLOAD(w + j * G + c);
+        }
+        for (int j = 0; j < BT_GATE_GROUP; ++j) {
+            SCALAR sum = VSUM(acc[j]);
+            for (int64_t c = Gv; c < G; ++c)
+                sum += qkv[c] * w[j * G + c];
+            gates[r + j] = sum + a->gate_b[r + j];
+        }
+    }
+    for (; r < R; ++r)
+        gates[r] = DOT(G, a->gate_w + r * G, qkv) + a->gate_b[r];
+}
+#undef BT_GATE_GROUP
 
 static void BT_FWD_PRE_ROW(const void *args, int64_t b, void *scratch)
 {
@@ -104,9 +134,7 @@ static void BT_FWD_PRE_ROW(const void *args, int64_t b, void *scratch)
         const SCALAR *restrict xm = BT_X(a, b, t);
         SCALAR *restrict qkv = a->qkv + (b * T + t) * 3 * inner;
         TYPED(bt_maps_fwd)(a, inner, xc, xm, base, qkv);
-        SCALAR *gates = a->gates + (b * T + t) * 2 * H;
-        for (int64_t r = 0; r < 2 * H; ++r)
-            gates[r] = DOT(3 * inner, a->gate_w + r * 3 * inner, qkv) + a->gate_b[r];
+        TYPED(bt_gates_fwd)(a, qkv, a->gates + (b * T + t) * 2 * H);
     }
     for (int64_t w = 0; w < W; ++w) {
         const int64_t s = T - W + w;
@@ -246,23 +274,26 @@ static void TYPED(bt_window_bwd)(const BT_ARGS *a, int64_t b)
     }
 }
 
-/* Step t of row b: dqkv = gate_w^T [di; df] + the cell's dq, dk, dv; adds the gate weights'
- * gradients to g_gate, g_gate_b. */
-static void TYPED(bt_gates_bwd)(const BT_ARGS *a, int64_t b, int64_t t, SCALAR *restrict dqkv,
-                                SCALAR *restrict g_gate, SCALAR *restrict g_gate_b)
+/* Step t of row b: dqkv = gate_w^T [di; df] + the cell's dq, dk, dv (the gate weights'
+ * gradients are one matrix product over all rows and steps, in mlstm_block_train.py). */
+static void TYPED(bt_gates_bwd)(const BT_ARGS *a, int64_t b, int64_t t, SCALAR *restrict dg,
+                                SCALAR *restrict dqkv)
 {
     const int64_t T = a->T, H = a->H, Dh = a->Dh, inner = H * Dh, G = 3 * inner;
-    const SCALAR *restrict qkv = a->qkv + (b * T + t) * G;
-    memset(dqkv, 0, sizeof(SCALAR) * (size_t)G);
-    for (int64_t r = 0; r < 2 * H; ++r) {
-        const SCALAR dg = (r < H ? a->di : a->df)[(b * H + r % H) * T + t];
-        const SCALAR *restrict gw = a->gate_w + r * G;
-        SCALAR *restrict gg = g_gate + r * G;
-        g_gate_b[r] += dg;
-        for (int64_t c = 0; c < G; ++c) {
-            dqkv[c] += dg * gw[c];
-            gg[c] += dg * qkv[c];
-        }
+    const int64_t Gv = G - G % VLEN;
+    for (int64_t r = 0; r < 2 * H; ++r)
+        dg[r] = (r < H ? a->di : a->df)[(b * H + r % H) * T + t];
+    for (int64_t c = 0; c < Gv; c += VLEN) {  /* dqkv in a register, read and written once */
+        VEC acc = {0};
+        for (int64_t r = 0; r < 2 * H; ++r)
+            acc += dg[r] * VLOAD(a->gate_w + r * G + c);
+        VSTORE(dqkv + c, acc);
+    }
+    for (int64_t c = Gv; c < G; ++c) {
+        SCALAR acc = 0;
+        for (int64_t r = 0; r < 2 * H; ++r)
+            acc += dg[r] * a->gate_w[r * G + c];
+        dqkv[c] = acc;
     }
     for (int64_t head = 0; head < H; ++head) {
         const int64_t at = ((b * H + head) * T + t) * Dh, o = head * Dh;
@@ -304,9 +335,9 @@ static void BT_BWD_PRE_ROW(const void *args, int64_t b, void *scratch)
     const int64_t T = a->T, H = a->H, inner = H * a->Dh, K = a->K;
     const int64_t bs = a->bs, G = 3 * inner;
     SCALAR *g_conv = scratch, *g_conv_b = g_conv + K * inner, *g_taps = g_conv_b + inner;
-    SCALAR *g_gate = g_taps + 3 * bs * inner, *g_gate_b = g_gate + 2 * H * G;
-    SCALAR *restrict dqkv = g_gate_b + 2 * H, *restrict xc = dqkv + G, *restrict dpre = xc + inner;
-    int32_t *restrict base = (int32_t *)(dpre + inner);
+    SCALAR *restrict dqkv = g_taps + 3 * bs * inner, *restrict xc = dqkv + G;
+    SCALAR *restrict dpre = xc + inner, *restrict dg = dpre + inner;
+    int32_t *restrict base = (int32_t *)(dg + 2 * H);
     for (int64_t c = 0; c < inner; ++c)
         base[c] = (int32_t)(c - c % bs);
     TYPED(bt_window_bwd)(a, b);
@@ -315,7 +346,7 @@ static void BT_BWD_PRE_ROW(const void *args, int64_t b, void *scratch)
         if (a->reset != NULL && a->reset[b * T + t])
             start = t;
         const SCALAR *restrict pre = a->xc_pre + (b * T + t) * inner;
-        TYPED(bt_gates_bwd)(a, b, t, dqkv, g_gate, g_gate_b);
+        TYPED(bt_gates_bwd)(a, b, t, dg, dqkv);
         for (int64_t c = 0; c < inner; ++c)
             xc[c] = BT_SILU(pre[c]);
         memcpy(dpre, a->dxc + (b * T + t) * inner, sizeof(SCALAR) * (size_t)inner);
@@ -371,13 +402,13 @@ int TYPED(xlstm_mlstm_block_bwd_post)(int64_t B, const BT_ARGS *args, int thread
     return BT_SUM_PARTS(BT_BWD_POST_ROW, B, args, threads, scratch, count, grads);
 }
 
-/* The pre part's backward: dxm (into dup), dwindow; adds the conv, q/k/v and gate weight
- * gradients to grads (the pre layout above). */
+/* The pre part's backward: dxm (into dup), dwindow; adds the conv and q/k/v weight gradients
+ * to grads (the pre layout above, up to the gate weights, which it leaves alone). */
 int TYPED(xlstm_mlstm_block_bwd_pre)(int64_t B, const BT_ARGS *args, int threads, SCALAR *grads)
 {
     const int64_t inner = args->H * args->Dh, K = args->K, bs = args->bs, G = 3 * inner;
-    const int64_t count = K * inner + inner + 3 * bs * inner + 2 * args->H * G + 2 * args->H;
-    const size_t scratch = sizeof(SCALAR) * (size_t)(count + G + 2 * inner)
+    const int64_t count = K * inner + inner + 3 * bs * inner;
+    const size_t scratch = sizeof(SCALAR) * (size_t)(count + G + 2 * inner + 2 * args->H)
                            + sizeof(int32_t) * (size_t)inner;
     return BT_SUM_PARTS(BT_BWD_PRE_ROW, B, args, threads, scratch, count, grads);
 }

@@ -141,6 +141,16 @@ def _forward(up: Tensor, window: Tensor, reset: Tensor | None, weights: dict[str
     return (out, window_out, C, n, m), saved
 
 
+def _gate_grads(di: Tensor, df: Tensor, qkv: Tensor, g_w: Tensor, g_b: Tensor) -> None:
+    """The gate projection's weight and bias gradients, written into ``g_w [2H, 3 inner]`` and
+    ``g_b [2H]``: one matrix product over every row and step (``di, df [B, H, T]``, ``qkv
+    [B, T, 3 inner]``), which the C per-step loop did as 2H rank-one updates per step."""
+    B, H, T = di.shape
+    dgates = torch.cat([di, df], dim=1).transpose(0, 1).reshape(2 * H, B * T)
+    torch.mm(dgates, qkv.view(B * T, -1), out=g_w)
+    torch.sum(dgates, dim=1, out=g_b)
+
+
 class _BlockTrain(torch.autograd.Function):
     """Inputs prepared by :func:`mlstm_block_forward` (one dtype, all dense)."""
 
@@ -188,6 +198,7 @@ class _BlockTrain(torch.autograd.Function):
         offset = 2 * inner * flat.element_size()  # the post part's norm_w and skip come first
         _call("bwd_pre", dtype, B, args, flat.data_ptr() + offset)
         parts = dict(zip(sizes, flat.split(list(sizes.values()))))
+        _gate_grads(di, df, qkv, parts["gate_w"].view(weights["gate_w"].shape), parts["gate_b"])
         parts["qk_w"], parts["v_w"] = _untap(parts["taps"], weights)
         dweights = [parts[name].view(weights[name].shape) for name in WEIGHTS]
         return (dup, dwindow, *initial, None, None, None, None, *dweights)
