@@ -113,6 +113,10 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
 #undef VSUM
 #undef VEXP
 #undef VLEN
+#undef VEC_INDEX
+#undef VSUM_ROWS
+#undef VEC_INTERLEAVE
+#undef VEC_TRANSPOSE
 #undef VEC_LANES
 #undef TYPED
 #undef SCALAR

@@ -6,18 +6,13 @@
  * (bs divides VEC_LANES, and inner is a multiple of it: the default bs = 4 does): the input
  * x[base(c) + d] of tap d, for a vector's channels, is one lane permutation of the vector's own
  * inputs (GCC's __builtin_shuffle; other compilers take the per-channel loops). */
-#if defined(__GNUC__) && !defined(__clang__)
-#define BT_SPREAD 1
-#if VEC_LANES == 16
-typedef int32_t TYPED(lanes) __attribute__((vector_size(64)));
-#else
-typedef int64_t TYPED(lanes) __attribute__((vector_size(64)));
-#endif
+#define BT_SPREAD VEC_SHUFFLE
 
+#if BT_SPREAD
 /* masks[d], d < bs: lane l -> (l / bs) * bs + d, so every lane of a block reads the block's
  * input d. Built once per call: built per tap inside the channel loop, the integer arithmetic
  * cost more than the maps' multiply-adds. */
-static inline void TYPED(spread_masks)(int64_t bs, TYPED(lanes) *masks)
+static inline void TYPED(spread_masks)(int64_t bs, VEC_INDEX *masks)
 {
     for (int64_t d = 0; d < bs; ++d)
         for (int l = 0; l < VEC_LANES; ++l)
@@ -41,13 +36,13 @@ static void TYPED(bt_maps_fwd)(const BT_ARGS *a, int64_t inner, const SCALAR *re
     const SCALAR *taps = a->taps;
 #if BT_SPREAD
     if (TYPED(bt_spreads)(bs, inner)) {
-        TYPED(lanes) masks[VEC_LANES];
+        VEC_INDEX masks[VEC_LANES];
         TYPED(spread_masks)(bs, masks);
         for (int64_t o = 0; o < inner; o += VEC_LANES) {
             const VEC x = VLOAD(xc + o), y = VLOAD(xm + o);
             VEC q = {0}, k = {0}, v = {0};
             for (int64_t d = 0; d < bs; ++d) {
-                const TYPED(lanes) m = masks[d];
+                const VEC_INDEX m = masks[d];
                 const VEC xd = __builtin_shuffle(x, m), yd = __builtin_shuffle(y, m);
                 q += xd * VLOAD(taps + d * inner + o);
                 k += xd * VLOAD(taps + (bs + d) * inner + o);
@@ -83,7 +78,7 @@ static void TYPED(bt_maps_bwd)(const BT_ARGS *a, int64_t inner, const SCALAR *re
     const SCALAR *taps = a->taps_t;
 #if BT_SPREAD
     if (TYPED(bt_spreads)(bs, inner)) {
-        TYPED(lanes) masks[VEC_LANES];
+        VEC_INDEX masks[VEC_LANES];
         TYPED(spread_masks)(bs, masks);
         for (int64_t o = 0; o < inner; o += VEC_LANES) {
             const VEC x = VLOAD(xc + o), y = VLOAD(xm + o);
@@ -91,7 +86,7 @@ static void TYPED(bt_maps_bwd)(const BT_ARGS *a, int64_t inner, const SCALAR *re
             const VEC dv = VLOAD(dqkv + 2 * inner + o);
             VEC dx = VLOAD(dpre + o), dy = VLOAD(dxm + o);
             for (int64_t d = 0; d < bs; ++d) {
-                const TYPED(lanes) m = masks[d];
+                const VEC_INDEX m = masks[d];
                 const VEC xd = __builtin_shuffle(x, m), yd = __builtin_shuffle(y, m);
                 dx += __builtin_shuffle(dq, m) * VLOAD(taps + d * inner + o)
                       + __builtin_shuffle(dk, m) * VLOAD(taps + (bs + d) * inner + o);

@@ -1,29 +1,39 @@
 /* The backward of the mLSTM cell over a sequence (SEQ_FWD of mlstm_sequence.h, whose comment
  * gives the step's gradient), included by kernels.c right after mlstm_sequence.h.
  *
- * Per segment of CKPT steps, newest first, the matrix memories are rebuilt from the kept state
- * with the forward's own arithmetic (SEQ_MEMORY_RUN_T of mlstm_tile.h) and walked backwards.
- * The rebuilt memories and the gradient dC' are held transposed, [dv, dk]: the pass over one
- * step then runs over j with vectors along k, so the sums over j (C dnum and dC' v, one value per
- * row of C) accumulate in vector lanes, and only dC'^T k needs a sum across lanes, one per j.
- * The pass reads only the entering state C: the read-out's gradient uses
- * C' dnum = f' (C dnum) + (i' k) (v . dnum), which is C' dnum up to rounding.
+ * The recursion of the memory's gradient, dC = f' (dC' + q~ dnum^T) with dnum = dh / den, reads
+ * only forward values, so it runs apart from the scalar chains, one tile of it at a time in
+ * registers, like the forward (mlstm_tile.h). Per segment of CKPT steps, newest first:
+ *
+ *   1. the gates, the normalizers and, per step, dnum and the read-out's scalar gradients
+ *      (SEQ_BWD_PREP), from the kept state;
+ *   2. per tile of TILE_ROWS rows j x one vector of k lanes of the memory held transposed
+ *      ([dv, dk]), the memories entering each step are rebuilt into a small buffer with the
+ *      forward's arithmetic (SEQ_TILE_T), then the tile of dC walks the steps backwards in
+ *      registers, adding each step's sums into step buffers: C dnum and dC' v (sums over j, in
+ *      lanes), dC'^T k (sums over k: a butterfly over the tile's rows, VSUM_ROWS) and <dC', C>
+ *      (SEQ_BWD_TILE);
+ *   3. per step, newest first, the per-k part (dq, dk, the normalizer's gradient) and the
+ *      stabilizer's chain (SEQ_BWD_STEP).
+ *
+ * The read-out's gradient uses C' dnum = f' (C dnum) + (i' k) (v . dnum), which is C' dnum up to
+ * rounding; only the entering memories are rebuilt.
  */
 
 #define SEQ_GATES TYPED(seq_gates)
 #define GATE_PARTS TYPED(gate_parts)
+#define STEP_PREP TYPED(step_prep)
+#define SEQ_SEG TYPED(seq_seg)
 #define SEQ_TRANSPOSE TYPED(seq_transpose)
-#define SEQ_REBUILD TYPED(seq_rebuild)
-#define SEQ_PASS TYPED(seq_pass)
-#define SEQ_BWD_COLUMNS TYPED(seq_bwd_columns)
-#define SEQ_BWD_MATRIX TYPED(seq_bwd_matrix)
+#define SEQ_BWD_PREP TYPED(seq_bwd_prep)
+#define SEQ_BWD_TILE TYPED(seq_bwd_tile)
+#define SEQ_BWD_MATRICES TYPED(seq_bwd_matrices)
 #define SEQ_BWD_VECTORS TYPED(seq_bwd_vectors)
 #define SEQ_BWD_STEP TYPED(seq_bwd_step)
 #define SEQ_BWD_ROW TYPED(seq_bwd_row)
 #define SEQ_BWD TYPED(xlstm_mlstm_seq_bwd)
 #define SEQ_LOAD TYPED(seq_load)
 #define SEQ_STORE TYPED(seq_store)
-#define PASS_VECS 4
 
 /* The step's gates as the forward computed them (CELL_GATES), the floor's clamp mask, and the
  * shares of the two maxima's gradients. */
@@ -43,105 +53,164 @@ static GATE_PARTS SEQ_GATES(SCALAR i, SCALAR f, SCALAR m_old, SCALAR max_exp)
     return p;
 }
 
-/* dst [cols, rows] = src [rows, cols] transposed. */
-static void SEQ_TRANSPOSE(int64_t rows, int64_t cols, const SCALAR *src, SCALAR *dst)
-{
-    for (int64_t i = 0; i < rows; ++i)
-        for (int64_t j = 0; j < cols; ++j)
-            dst[j * rows + i] = src[i * cols + j];
-}
+/* A step's values that only need the forward and dh: its gates, the read-out's gradient share
+ * of |q~ . n'| (dqn) and of the floor (dm_floor, subtracted from the stabilizer's gradient),
+ * and v . dnum. */
+typedef struct { GATE_PARTS p; SCALAR dqn, dm_floor, v_dnum; } STEP_PREP;
 
-/* Rebuilds n_t (into nb) and C_t transposed (into CbT) for t in [t0, t1) from the state entering
- * t0 (ck_C [dk, dv], ck_n; not read when t0 is fresh), and that state transposed into ckT. */
-static void SEQ_REBUILD(const SEQ_ARGS *a, SEQ_RUN *r, int64_t row, int64_t t0, int64_t t1,
-                        const SCALAR *ck_C, const SCALAR *ck_n, SCALAR *ckT, SCALAR *CbT,
-                        SCALAR *nb, SCALAR *n_work)
-{
-    SEQ_ROW_GATES(a, r, row, t0, t1, a->m_all + row * a->S, NULL);
-    memcpy(n_work, ck_n, sizeof(SCALAR) * (size_t)a->dk);
-    SEQ_NORM_RUN(r, t0, t1, n_work, a->eps, NULL, nb, NULL);
-    if (!r->fresh[t0])
-        SEQ_TRANSPOSE(a->dk, a->dv, ck_C, ckT);
-    SEQ_MEMORY_RUN_T(r, t0, t1, r->fresh[t0] ? NULL : ckT, CbT);
-}
-
-/* What one step's pass over the matrices reads and writes. */
+/* One segment's step buffers (CKPT steps, indexed by t - t0). */
 typedef struct {
-    int64_t dk, dv;
-    int fresh;                        /* the step started from the zero state: C unread */
-    SCALAR fa;
-    const SCALAR *qs, *k, *v, *dnum;  /* q~ [dk], k [dk], v [dv], dh / den [dv] */
-    const SCALAR *CT;                 /* the entering state, transposed [dv, dk] */
-    SCALAR *dCT;                      /* dC' in, f' dC' out (transposed) */
-    SCALAR *dv_sum;                   /* [dv] sum over k of dC'[k, j] k[k], summed over blocks */
-} SEQ_PASS;
+    STEP_PREP *prep;      /* [CKPT] */
+    SCALAR *dnum;         /* [CKPT, dv] dh / den */
+    SCALAR *sq, *su;      /* [CKPT, dk] C dnum (entering C) and dC' v */
+    SCALAR *dvs;          /* [CKPT, dv] dC'^T k */
+    SCALAR *fc;           /* [CKPT, VLEN] <dC', C>, in lanes */
+    SCALAR *cbuf;         /* [CKPT, TILE_ROWS, VLEN] one tile's entering memories */
+} SEQ_SEG;
 
 static inline __attribute__((always_inline)) VEC SEQ_LOAD(const SCALAR *p, int64_t lanes)
 {
-    return lanes == VLEN ? VLOAD(p) : (lanes > 0 ? VLOAD_PART(p, lanes) : (VEC){0});
+    return lanes == VLEN ? VLOAD(p) : VLOAD_PART(p, lanes);
 }
 
 static inline __attribute__((always_inline)) void SEQ_STORE(SCALAR *p, VEC x, int64_t lanes)
 {
     if (lanes == VLEN)
         VSTORE(p, x);
-    else if (lanes > 0)
+    else
         VSTORE_PART(p, x, lanes);
 }
 
-/* The pass over j for k in [a0, a0 + PASS_VECS VLEN) (`full`: all those lanes exist, a constant
- * where inlined): dC' += dnum q~^T, the sums over j of C dnum (into sq) and dC' v (into su),
- * dv_sum, and dC' <- f' dC'. Returns this block's <dC', C>. */
-static inline __attribute__((always_inline)) SCALAR SEQ_BWD_COLUMNS(
-    const SEQ_PASS *w, int64_t a0, int full, SCALAR *sq_out, SCALAR *su_out)
+/* dst [cols, rows] = src [rows, cols] transposed: by VLEN x VLEN blocks in registers where
+ * both sizes are whole vectors (the element loop's strided stores took about as long as a
+ * segment's matrix work per step), else element by element. */
+static void SEQ_TRANSPOSE(int64_t rows, int64_t cols, const SCALAR *src, SCALAR *dst)
 {
-    const int64_t dk = w->dk;
-    int64_t ln[PASS_VECS];
-    VEC q[PASS_VECS], k[PASS_VECS], sq[PASS_VECS], su[PASS_VECS], fc[PASS_VECS];
-    for (int x = 0; x < PASS_VECS; ++x) {
-        const int64_t left = dk - a0 - x * VLEN;
-        ln[x] = full ? VLEN : (left >= VLEN ? VLEN : (left > 0 ? left : 0));
-        q[x] = SEQ_LOAD(w->qs + a0 + x * VLEN, ln[x]);
-        k[x] = SEQ_LOAD(w->k + a0 + x * VLEN, ln[x]);
-        sq[x] = su[x] = fc[x] = (VEC){0};
-    }
-    for (int64_t j = 0; j < w->dv; ++j) {
-        const SCALAR g = w->dnum[j], vj = w->v[j];
-        SCALAR *D = w->dCT + j * dk + a0;
-        const SCALAR *P = w->CT + j * dk + a0;
-        VEC kd[PASS_VECS];
-        for (int x = 0; x < PASS_VECS; ++x) {
-            const VEC d = SEQ_LOAD(D + x * VLEN, ln[x]) + g * q[x];
-            if (!w->fresh) {
-                const VEC c = SEQ_LOAD(P + x * VLEN, ln[x]);
-                sq[x] += c * g;
-                fc[x] += d * c;
+#if VEC_SHUFFLE
+    if (rows % VLEN == 0 && cols % VLEN == 0) {
+        for (int64_t i0 = 0; i0 < rows; i0 += VLEN)
+            for (int64_t j0 = 0; j0 < cols; j0 += VLEN) {
+                VEC x[VEC_LANES];
+                for (int e = 0; e < VEC_LANES; ++e)
+                    x[e] = VLOAD(src + (i0 + e) * cols + j0);
+                VEC_TRANSPOSE(x);
+                for (int e = 0; e < VEC_LANES; ++e)
+                    VSTORE(dst + (j0 + e) * rows + i0, x[e]);
             }
-            su[x] += d * vj;
-            kd[x] = d * k[x];
-            SEQ_STORE(D + x * VLEN, d * w->fa, ln[x]);
-        }
-        const SCALAR dvj = VSUM((kd[0] + kd[1]) + (kd[2] + kd[3]));
-        w->dv_sum[j] = a0 == 0 ? dvj : w->dv_sum[j] + dvj;
+        return;
     }
-    for (int x = 0; x < PASS_VECS; ++x) {
-        SEQ_STORE(sq_out + a0 + x * VLEN, sq[x], ln[x]);
-        SEQ_STORE(su_out + a0 + x * VLEN, su[x], ln[x]);
-    }
-    return VSUM((fc[0] + fc[1]) + (fc[2] + fc[3]));
+#endif
+    for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < cols; ++j)
+            dst[j * rows + i] = src[i * cols + j];
 }
 
-/* The pass over all of k; returns <dC', C> (0 when fresh). */
-static SCALAR SEQ_BWD_MATRIX(const SEQ_PASS *w, SCALAR *sq, SCALAR *su)
+/* Step t's STEP_PREP and dnum, from nt, the normalizer after the step. */
+static void SEQ_BWD_PREP(const SEQ_ARGS *a, const SEQ_RUN *r, int64_t row, int64_t t,
+                         const SCALAR *nt, STEP_PREP *out, SCALAR *dnum)
 {
-    SCALAR f_mat = 0;
-    for (int64_t a0 = 0; a0 < w->dk; a0 += PASS_VECS * VLEN) {
-        if (a0 + PASS_VECS * VLEN <= w->dk)
-            f_mat += SEQ_BWD_COLUMNS(w, a0, 1, sq, su);
-        else
-            f_mat += SEQ_BWD_COLUMNS(w, a0, 0, sq, su);
+    const int64_t b = row / a->H, hd = row % a->H, dk = a->dk, dv = a->dv, S = a->S;
+    const SCALAR m_old = r->fresh[t] ? 0 : (t == 0 ? a->m0[row] : a->m_all[row * S + t - 1]);
+    const int64_t g = b * a->g_s[0] + hd * a->g_s[1] + t * a->g_s[2];
+    const GATE_PARTS p = SEQ_GATES(a->ig[g], a->fg[g], m_old, a->max_exp);
+    const SCALAR *vb = r->v + t * r->v_t, *hb = a->h + (row * S + t) * dv;
+    const SCALAR *dhb = a->dh == NULL ? NULL
+        : a->dh + b * a->dh_s[0] + hd * a->dh_s[1] + t * a->dh_s[2];
+    const SCALAR qn = DOT(dk, r->qs + t * dk, nt);  /* as the forward's denominator took it */
+    const SCALAR mag = FABS(qn), den = (mag > p.floor_ ? mag : p.floor_) + a->eps;
+    SCALAR dh_h = 0, v_dnum = 0;
+    for (int64_t j = 0; j < dv; ++j) {
+        dnum[j] = dhb == NULL ? 0 : dhb[j] / den;
+        dh_h += dhb == NULL ? 0 : dhb[j] * hb[j];
+        v_dnum += vb[j] * dnum[j];
     }
-    return f_mat;
+    const SCALAR dden = -dh_h / den;
+    const SCALAR s_mag = mag > p.floor_ ? 1 : (mag == p.floor_ ? (SCALAR)0.5 : 0);
+    out->p = p;
+    out->dqn = s_mag * dden * (qn > 0 ? 1 : (qn < 0 ? -1 : 0));
+    out->dm_floor = (1 - s_mag) * dden * p.floor_ * p.floor_live;
+    out->v_dnum = v_dnum;
+}
+
+/* One tile of dC^T, rows [j0, j0 + rows) x lanes [a0, a0 + lanes), over steps [t0, t1): the
+ * entering memories rebuilt into w->cbuf from CT_in (NULL: zeros), then dC walked backwards
+ * from dCT (updated in place to the gradient entering t0): per step, d = dC' + dnum q~^T is the
+ * full gradient of C', the tile adds C dnum and d v into sq, su (first_j: stores), d^T k into
+ * dvs (first_a: stores) and d . C into fc, and dC <- f' d (0 before a fresh step). rows and
+ * lanes are constants where it is inlined, so the tile lives in registers. */
+static inline __attribute__((always_inline)) void SEQ_BWD_TILE(
+    const SEQ_RUN *r, const SEQ_SEG *w, int rows, int64_t lanes, int64_t j0, int64_t a0,
+    int64_t t0, int64_t t1, const SCALAR *CT_in, SCALAR *dCT, int first_j, int first_a)
+{
+    const int64_t dk = r->dk, dv = r->dv;
+    SEQ_TILE_T(r, rows, lanes, j0, a0, t0, t1, CT_in, w->cbuf, TILE_ROWS * VLEN, VLEN);
+    VEC dc[TILE_ROWS], kd[TILE_ROWS];
+    for (int e = 0; e < rows; ++e)
+        dc[e] = SEQ_LOAD(dCT + (j0 + e) * dk + a0, lanes);
+    for (int64_t t = t1 - 1; t >= t0; --t) {
+        const int64_t s = t - t0;
+        const VEC q = SEQ_LOAD(r->qs + t * dk + a0, lanes);
+        const VEC k = SEQ_LOAD(r->k + t * r->k_t + a0, lanes);
+        const SCALAR *g = w->dnum + s * dv + j0, *vb = r->v + t * r->v_t + j0;
+        const SCALAR *cb = w->cbuf + s * TILE_ROWS * VLEN, fa = r->fa[t];
+        VEC sq = {0}, su = {0}, fc = {0};
+        if (r->fresh[t]) {  /* C unread; no gradient flows into it */
+#pragma GCC unroll 16
+            for (int e = 0; e < rows; ++e) {
+                const VEC d = dc[e] + g[e] * q;
+                su += d * vb[e];
+                kd[e] = d * k;
+                dc[e] = (VEC){0};
+            }
+        } else {
+#pragma GCC unroll 16
+            for (int e = 0; e < rows; ++e) {
+                const VEC d = dc[e] + g[e] * q, c = VLOAD(cb + e * VLEN);
+                sq += c * g[e];
+                fc += d * c;
+                su += d * vb[e];
+                kd[e] = d * k;
+                dc[e] = d * fa;
+            }
+        }
+        SCALAR *sq_s = w->sq + s * dk + a0, *su_s = w->su + s * dk + a0;
+        SEQ_STORE(sq_s, first_j ? sq : sq + SEQ_LOAD(sq_s, lanes), lanes);
+        SEQ_STORE(su_s, first_j ? su : su + SEQ_LOAD(su_s, lanes), lanes);
+        VSTORE(w->fc + s * VLEN, first_j && first_a ? fc : fc + VLOAD(w->fc + s * VLEN));
+        SCALAR *dvs = w->dvs + s * dv + j0;
+        for (int e0 = 0; e0 < rows; e0 += VEC_LANES) {
+            if (rows - e0 >= VEC_LANES) {
+                const VEC sums = VSUM_ROWS(kd + e0);
+                VSTORE(dvs + e0, first_a ? sums : sums + VLOAD(dvs + e0));
+            } else {
+                for (int e = e0; e < rows; ++e)
+                    dvs[e] = first_a ? VSUM(kd[e]) : dvs[e] + VSUM(kd[e]);
+            }
+        }
+    }
+    for (int e = 0; e < rows; ++e)
+        SEQ_STORE(dCT + (j0 + e) * dk + a0, dc[e], lanes);
+}
+
+/* Every tile of the memory over steps [t0, t1) (SEQ_BWD_TILE): whole tiles of TILE_ROWS rows,
+ * then single rows; the last lane block may be partial. */
+static void SEQ_BWD_MATRICES(const SEQ_RUN *r, const SEQ_SEG *w, int64_t t0, int64_t t1,
+                             const SCALAR *CT_in, SCALAR *dCT)
+{
+    for (int64_t a0 = 0; a0 < r->dk; a0 += VLEN) {
+        const int64_t lanes = r->dk - a0 < VLEN ? r->dk - a0 : VLEN;
+        int64_t j0 = 0;
+        if (lanes == VLEN) {
+            for (; j0 + TILE_ROWS <= r->dv; j0 += TILE_ROWS)
+                SEQ_BWD_TILE(r, w, TILE_ROWS, VLEN, j0, a0, t0, t1, CT_in, dCT, j0 == 0,
+                             a0 == 0);
+            for (; j0 < r->dv; ++j0)
+                SEQ_BWD_TILE(r, w, 1, VLEN, j0, a0, t0, t1, CT_in, dCT, j0 == 0, a0 == 0);
+        } else {
+            for (; j0 < r->dv; ++j0)
+                SEQ_BWD_TILE(r, w, 1, lanes, j0, a0, t0, t1, CT_in, dCT, j0 == 0, a0 == 0);
+        }
+    }
 }
 
 /* The per-k part of a step: dq, dk, the normalizer's gradient (dn' += dqn q~, then f' dn'),
@@ -180,49 +249,32 @@ static SCALAR SEQ_BWD_VECTORS(const SEQ_RUN *r, int64_t t, const GATE_PARTS *p, 
     return i_sum;
 }
 
-/* One backward step at t: dCT, dn hold the gradient of the new state (updated in place to that
- * of the entering state); nt the new normalizer, CT, np the entering state (unread after a
- * reset). work: [dv + 2 dk]. Returns the gradient of the entering stabilizer. */
-static SCALAR SEQ_BWD_STEP(const SEQ_ARGS *a, const SEQ_RUN *r, int64_t row, int64_t t,
-                           const SCALAR *CT, const SCALAR *nt, const SCALAR *np, SCALAR *dCT,
-                           SCALAR *dn, SCALAR dm_new, SCALAR *work)
+/* The rest of step t's backward after the matrix pass filled w's sums: dv, dq, dk, di, df and
+ * the normalizer's gradient dn (updated in place to that of the entering state); nt the new
+ * normalizer, np the entering one (unread after a reset). Returns the gradient of the entering
+ * stabilizer, given dm_new, that of the new one. */
+static SCALAR SEQ_BWD_STEP(const SEQ_ARGS *a, const SEQ_RUN *r, const SEQ_SEG *w, int64_t row,
+                           int64_t t, int64_t s, const SCALAR *nt, const SCALAR *np, SCALAR *dn,
+                           SCALAR dm_new)
 {
-    const int64_t b = row / a->H, hd = row % a->H, dk = a->dk, dv = a->dv, S = a->S;
+    const int64_t dk = a->dk, dv = a->dv, S = a->S;
     const int fresh = r->fresh[t];
-    const SCALAR m_old = fresh ? 0 : (t == 0 ? a->m0[row] : a->m_all[row * S + t - 1]);
-    const int64_t g = b * a->g_s[0] + hd * a->g_s[1] + t * a->g_s[2];
-    const GATE_PARTS p = SEQ_GATES(a->ig[g], a->fg[g], m_old, a->max_exp);
-    const SCALAR *kb = r->k + t * r->k_t, *vb = r->v + t * r->v_t;
-    const SCALAR *hb = a->h + (row * S + t) * dv;
-    const SCALAR *dhb = a->dh == NULL ? NULL
-        : a->dh + b * a->dh_s[0] + hd * a->dh_s[1] + t * a->dh_s[2];
-    const SCALAR qn = DOT(dk, r->qs + t * dk, nt);  /* as the forward's denominator took it */
-    const SCALAR mag = FABS(qn), den = (mag > p.floor_ ? mag : p.floor_) + a->eps;
-    SCALAR *dnum = work, *sq = work + dv, *su = sq + dk;
-    SCALAR dh_h = 0, v_dnum = 0;
-    for (int64_t j = 0; j < dv; ++j) {
-        dnum[j] = dhb == NULL ? 0 : dhb[j] / den;
-        dh_h += dhb == NULL ? 0 : dhb[j] * hb[j];
-        v_dnum += vb[j] * dnum[j];
-    }
-    const SCALAR dden = -dh_h / den;
-    const SCALAR s_mag = mag > p.floor_ ? 1 : (mag == p.floor_ ? (SCALAR)0.5 : 0);
-    const SCALAR dqn = s_mag * dden * (qn > 0 ? 1 : (qn < 0 ? -1 : 0));
-    dm_new -= (1 - s_mag) * dden * p.floor_ * p.floor_live;
+    const STEP_PREP *sp = w->prep + s;
+    const GATE_PARTS p = sp->p;
     SCALAR *dvb = a->dvv + (row * S + t) * dv;
-    const SEQ_PASS w = {dk, dv, fresh, p.fa, r->qs + t * dk, kb, vb, dnum, CT, dCT, dvb};
-    SCALAR dfa = SEQ_BWD_MATRIX(&w, sq, su);
     for (int64_t j = 0; j < dv; ++j)
-        dvb[j] *= p.ia;
-    const SCALAR dia = SEQ_BWD_VECTORS(r, t, &p, fresh, dqn, v_dnum, kb, nt, np, sq, su, dn,
-                                       a->dq + (row * S + t) * dk,
+        dvb[j] = p.ia * w->dvs[s * dv + j];
+    SCALAR dfa = fresh ? 0 : VSUM(VLOAD(w->fc + s * VLEN));
+    const SCALAR dia = SEQ_BWD_VECTORS(r, t, &p, fresh, sp->dqn, sp->v_dnum,
+                                       r->k + t * r->k_t, nt, np, w->sq + s * dk,
+                                       w->su + s * dk, dn, a->dq + (row * S + t) * dk,
                                        a->dkk + (row * S + t) * dk, &dfa);
+    dm_new -= sp->dm_floor;
     dm_new -= p.fa * dfa + p.ia * dia;
     const SCALAR da = p.fa * dfa + p.s_a * dm_new;
     a->di[row * S + t] = p.ia * dia + (1 - p.s_a) * dm_new;
     a->df[row * S + t] = da * p.dlog_f;
     if (fresh) {
-        memset(dCT, 0, sizeof(SCALAR) * (size_t)(dk * dv));
         memset(dn, 0, sizeof(SCALAR) * (size_t)dk);
         return 0;
     }
@@ -234,10 +286,18 @@ static void SEQ_BWD_ROW(const void *args, int64_t row, void *scratch)
     const SEQ_ARGS *a = args;
     const int64_t dk = a->dk, dv = a->dv, S = a->S, mat = dk * dv;
     const int64_t nseg = (S + CKPT - 1) / CKPT;
-    SCALAR *CbT = scratch, *ckT = CbT + CKPT * mat, *nb = ckT + mat, *dCT = nb + CKPT * dk;
-    SCALAR *dn = dCT + mat, *work = dn + dk, *n_work = work + dv + 2 * dk;
+    SEQ_SEG w;
+    w.prep = scratch;
+    SCALAR *ckT = (SCALAR *)(w.prep + CKPT), *dCT = ckT + mat, *nb = dCT + mat;
+    SCALAR *dn = nb + CKPT * dk, *n_work = dn + dk;
+    w.dnum = n_work + dk;
+    w.sq = w.dnum + CKPT * dv;
+    w.su = w.sq + CKPT * dk;
+    w.dvs = w.su + CKPT * dk;
+    w.fc = w.dvs + CKPT * dv;
+    w.cbuf = w.fc + CKPT * VLEN;
     SEQ_RUN r;
-    SEQ_RUN_SETUP(a, row, n_work + dk, &r);
+    SEQ_RUN_SETUP(a, row, w.cbuf + CKPT * TILE_ROWS * VLEN, &r);
     SCALAR dm = a->dm != NULL ? a->dm[row] : 0;
     if (a->dC != NULL) {
         SEQ_TRANSPOSE(dk, dv, a->dC + row * mat, dCT);
@@ -253,11 +313,19 @@ static void SEQ_BWD_ROW(const void *args, int64_t row, void *scratch)
                                      : (a->C0 != NULL ? a->C0 + row * mat : NULL);
         const SCALAR *ck_n = seg > 0 ? a->ck_n + (row * (nseg - 1) + seg - 1) * dk
                                      : (a->C0 != NULL ? a->n0 + row * dk : nb);
-        SEQ_REBUILD(a, &r, row, t0, t1, ck_C, ck_n, ckT, CbT, nb, n_work);
+        SEQ_ROW_GATES(a, &r, row, t0, t1, a->m_all + row * S, NULL);
+        memcpy(n_work, ck_n, sizeof(SCALAR) * (size_t)dk);
+        SEQ_NORM_RUN(&r, t0, t1, n_work, a->eps, NULL, nb, NULL);
+        for (int64_t t = t0; t < t1; ++t)
+            SEQ_BWD_PREP(a, &r, row, t, nb + (t - t0) * dk, w.prep + t - t0,
+                         w.dnum + (t - t0) * dv);
+        const int entering = !r.fresh[t0];
+        if (entering)
+            SEQ_TRANSPOSE(dk, dv, ck_C, ckT);
+        SEQ_BWD_MATRICES(&r, &w, t0, t1, entering ? ckT : NULL, dCT);
         for (int64_t t = t1 - 1; t >= t0; --t) {
-            const SCALAR *CT = t == t0 ? ckT : CbT + (t - t0 - 1) * mat;
             const SCALAR *np = t == t0 ? ck_n : nb + (t - t0 - 1) * dk;
-            dm = SEQ_BWD_STEP(a, &r, row, t, CT, nb + (t - t0) * dk, np, dCT, dn, dm, work);
+            dm = SEQ_BWD_STEP(a, &r, &w, row, t, t - t0, nb + (t - t0) * dk, np, dn, dm);
         }
     }
     if (a->dC0 != NULL) {
@@ -272,23 +340,25 @@ static void SEQ_BWD_ROW(const void *args, int64_t row, void *scratch)
 int SEQ_BWD(int64_t B, const SEQ_ARGS *args, int threads)
 {
     const int64_t dk = args->dk, dv = args->dv, mat = dk * dv;
-    const size_t scratch = sizeof(SCALAR) * (size_t)((CKPT + 2) * mat + (CKPT + 4) * dk + dv)
+    const int64_t scalars = 2 * mat + CKPT * (3 * dk + 2 * dv + VLEN + TILE_ROWS * VLEN)
+                            + 2 * dk;
+    const size_t scratch = sizeof(STEP_PREP) * CKPT + sizeof(SCALAR) * (size_t)scalars
                            + SEQ_RUN_BYTES(args->S, dk);
     return parallel_rows(SEQ_BWD_ROW, args, B * args->H, threads, scratch, NULL, NULL);
 }
 
 #undef SEQ_GATES
 #undef GATE_PARTS
+#undef STEP_PREP
+#undef SEQ_SEG
 #undef SEQ_TRANSPOSE
-#undef SEQ_REBUILD
-#undef SEQ_PASS
-#undef SEQ_BWD_COLUMNS
-#undef SEQ_BWD_MATRIX
+#undef SEQ_BWD_PREP
+#undef SEQ_BWD_TILE
+#undef SEQ_BWD_MATRICES
 #undef SEQ_BWD_VECTORS
 #undef SEQ_BWD_STEP
 #undef SEQ_BWD_ROW
 #undef SEQ_BWD
-#undef PASS_VECS
 #undef SEQ_LOAD
 #undef SEQ_STORE
 #undef VLOAD_PART
@@ -304,5 +374,5 @@ int SEQ_BWD(int64_t B, const SEQ_ARGS *args, int threads)
 #undef SEQ_GATE_RUN
 #undef SEQ_NORM_RUN
 #undef SEQ_MEMORY_RUN
-#undef SEQ_MEMORY_RUN_T
+#undef SEQ_TILE_T
 #undef TILE_ROWS

@@ -28,7 +28,6 @@
 #define SEQ_TILE_COLUMNS TYPED(seq_tile_columns)
 #define SEQ_MEMORY_RUN TYPED(seq_memory_run)
 #define SEQ_TILE_T TYPED(seq_tile_t)
-#define SEQ_MEMORY_RUN_T TYPED(seq_memory_run_t)
 #define VLOAD_PART TYPED(vload_part)
 #define VSTORE_PART TYPED(vstore_part)
 
@@ -211,21 +210,26 @@ static void SEQ_MEMORY_RUN(const SEQ_RUN *r, int64_t t0, int64_t t1, const SCALA
 }
 
 /* The backward's rebuild: C^T (rows j of [dv, dk], lanes along k) for lanes [a0, a0 + lanes)
- * and rows [j0, j0 + rows) over steps [t0, t1) from CT_in (NULL: zeros), stored after every
- * step t at each + (t - t0) dk dv. Per element the same product (i' k[a]) v[j] and update as
- * SEQ_TILE, so the values are the forward's; the layout lets the backward's pass keep its sums
- * over j in vector lanes. */
+ * and rows [j0, j0 + rows) over steps [t0, t1) from CT_in (NULL: zeros): the memory entering
+ * each step t goes to each + (t - t0) step_stride + e row_stride (row j0 + e). Per element the
+ * same product (i' k[a]) v[j] and update as SEQ_TILE, so the values are the forward's; the
+ * layout lets the backward keep its sums over j in vector lanes. */
 static inline __attribute__((always_inline)) void SEQ_TILE_T(
     const SEQ_RUN *r, int rows, int64_t lanes, int64_t j0, int64_t a0, int64_t t0, int64_t t1,
-    const SCALAR *CT_in, SCALAR *each)
+    const SCALAR *CT_in, SCALAR *each, int64_t step_stride, int64_t row_stride)
 {
-    const int64_t dk = r->dk, dv = r->dv;
+    const int64_t dk = r->dk;
     VEC c[TILE_ROWS];
     for (int e = 0; e < rows; ++e)
         c[e] = CT_in == NULL ? (VEC){0}
              : lanes == VLEN ? VLOAD(CT_in + (j0 + e) * dk + a0)
                              : VLOAD_PART(CT_in + (j0 + e) * dk + a0, lanes);
     for (int64_t t = t0; t < t1; ++t) {
+        SCALAR *out = each + (t - t0) * step_stride;
+        for (int e = 0; e < rows; ++e)
+            VSTORE(out + e * row_stride, c[e]);
+        if (t == t1 - 1)
+            break;
         const SCALAR *vb = r->v + t * r->v_t + j0, *ks = r->ks + t * dk + a0;
         const VEC kv = lanes == VLEN ? VLOAD(ks) : VLOAD_PART(ks, lanes);
         if (r->fresh[t]) {
@@ -238,36 +242,8 @@ static inline __attribute__((always_inline)) void SEQ_TILE_T(
             for (int e = 0; e < rows; ++e)
                 c[e] = c[e] * fa + kv * vb[e];
         }
-        SCALAR *out = each + (t - t0) * dk * dv + j0 * dk + a0;
-        for (int e = 0; e < rows; ++e) {
-            if (lanes == VLEN)
-                VSTORE(out + e * dk, c[e]);
-            else
-                VSTORE_PART(out + e * dk, c[e], lanes);
-        }
-    }
-}
-
-/* C^T over steps [t0, t1) from CT_in ([dv, dk]; NULL: zeros) into each ([t1 - t0, dv, dk]),
- * after the gate and normalizer runs filled those steps. */
-static void SEQ_MEMORY_RUN_T(const SEQ_RUN *r, int64_t t0, int64_t t1, const SCALAR *CT_in,
-                             SCALAR *each)
-{
-    for (int64_t a0 = 0; a0 < r->dk; a0 += VLEN) {
-        const int64_t lanes = r->dk - a0 < VLEN ? r->dk - a0 : VLEN;
-        int64_t j0 = 0;
-        if (lanes == VLEN) {
-            for (; j0 + TILE_ROWS <= r->dv; j0 += TILE_ROWS)
-                SEQ_TILE_T(r, TILE_ROWS, VLEN, j0, a0, t0, t1, CT_in, each);
-            for (; j0 < r->dv; ++j0)
-                SEQ_TILE_T(r, 1, VLEN, j0, a0, t0, t1, CT_in, each);
-        } else {
-            for (; j0 < r->dv; ++j0)
-                SEQ_TILE_T(r, 1, lanes, j0, a0, t0, t1, CT_in, each);
-        }
     }
 }
 
 #undef SEQ_TILE
 #undef SEQ_TILE_COLUMNS
-#undef SEQ_TILE_T

@@ -52,6 +52,91 @@ static inline SCALAR VSUM(VEC x)
 #endif
 }
 
+/* VEC_INDEX: lane indices for GCC's __builtin_shuffle (VEC_SHUFFLE is 1 where it exists). */
+#define VEC_INDEX TYPED(vec_index)
+#define VSUM_ROWS TYPED(vsum_rows)
+#if defined(__GNUC__) && !defined(__clang__)
+#define VEC_SHUFFLE 1
+#if VEC_LANES == 16
+typedef int32_t VEC_INDEX __attribute__((vector_size(64)));
+#else
+typedef int64_t VEC_INDEX __attribute__((vector_size(64)));
+#endif
+#else
+#define VEC_SHUFFLE 0
+#endif
+
+#define VEC_INTERLEAVE TYPED(vec_interleave)
+#define VEC_TRANSPOSE TYPED(vec_transpose)
+
+#if VEC_SHUFFLE
+/* One level of the lane butterflies below, h = VEC_LANES / 2, ..., 2, 1: lo takes the first h
+ * lanes of every 2h-lane block of a, then of b, block by block; hi takes the second h lanes. */
+static inline __attribute__((always_inline)) void VEC_INTERLEAVE(VEC a, VEC b, int h, VEC *lo,
+                                                                 VEC *hi)
+{
+#if VEC_LANES == 16
+    const VEC_INDEX lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    const VEC_INDEX lo4 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
+    const VEC_INDEX lo2 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
+    const VEC_INDEX lo1 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
+    const VEC_INDEX m = h == 8 ? lo8 : (h == 4 ? lo4 : (h == 2 ? lo2 : lo1));
+#else
+    const VEC_INDEX lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, lo2 = {0, 1, 8, 9, 4, 5, 12, 13};
+    const VEC_INDEX lo1 = {0, 8, 2, 10, 4, 12, 6, 14};
+    const VEC_INDEX m = h == 4 ? lo4 : (h == 2 ? lo2 : lo1);
+#endif
+    *lo = __builtin_shuffle(a, b, m);
+    *hi = __builtin_shuffle(a, b, m + h);
+}
+#endif
+
+/* The sums of the lanes of VEC_LANES vectors at once: lane i of the result is the sum of x[i]'s
+ * lanes. A butterfly: each level adds the two halves of every lane block of a pair of vectors
+ * (VEC_INTERLEAVE's lo + hi), so VEC_LANES - 1 pairs in all, against a shuffle tree per vector
+ * for VSUM. */
+static inline __attribute__((always_inline)) VEC VSUM_ROWS(const VEC *x)
+{
+#if VEC_SHUFFLE
+    VEC s[VEC_LANES];
+    for (int p = 0; p < VEC_LANES; ++p)
+        s[p] = x[p];
+#pragma GCC unroll 16
+    for (int n = VEC_LANES / 2; n >= 1; n /= 2) {
+#pragma GCC unroll 16
+        for (int p = 0; p < n; ++p) {
+            VEC lo, hi;
+            VEC_INTERLEAVE(s[p], s[p + n], n, &lo, &hi);
+            s[p] = lo + hi;
+        }
+    }
+    return s[0];
+#else
+    VEC out;
+    for (int l = 0; l < VEC_LANES; ++l)
+        out[l] = VSUM(x[l]);
+    return out;
+#endif
+}
+
+/* Transposes VEC_LANES x VEC_LANES values in registers (x[i] lane l <- x[l] lane i): the same
+ * butterfly as VSUM_ROWS, keeping both halves; pairing row p with row p + VEC_LANES / 2 into
+ * rows 2p and 2p + 1 at every level gives the transpose in order. */
+#if VEC_SHUFFLE
+static inline __attribute__((always_inline)) void VEC_TRANSPOSE(VEC *x)
+{
+#pragma GCC unroll 16
+    for (int h = VEC_LANES / 2; h >= 1; h /= 2) {
+        VEC y[VEC_LANES];
+#pragma GCC unroll 16
+        for (int p = 0; p < VEC_LANES / 2; ++p)
+            VEC_INTERLEAVE(x[p], x[p + VEC_LANES / 2], h, y + 2 * p, y + 2 * p + 1);
+        for (int p = 0; p < VEC_LANES; ++p)
+            x[p] = y[p];
+    }
+}
+#endif
+
 /* VEXP: exp in plain arithmetic, so loops that call it vectorize (a libm call per element does
  * not).
  *
