@@ -28,6 +28,7 @@
 #define SEQ_BWD_PREP TYPED(seq_bwd_prep)
 #define SEQ_BWD_TILE TYPED(seq_bwd_tile)
 #define SEQ_BWD_MATRICES TYPED(seq_bwd_matrices)
+#define SEQ_BWD_KD_SUMS TYPED(seq_bwd_kd_sums)
 #define SEQ_BWD_VECTORS TYPED(seq_bwd_vectors)
 #define SEQ_BWD_STEP TYPED(seq_bwd_step)
 #define SEQ_BWD_ROW TYPED(seq_bwd_row)
@@ -65,6 +66,7 @@ typedef struct {
     SCALAR *sq, *su;      /* [CKPT, dk] C dnum (entering C) and dC' v */
     SCALAR *dvs;          /* [CKPT, dv] dC'^T k */
     SCALAR *fc;           /* [CKPT, VLEN] <dC', C>, in lanes */
+    SCALAR *kd;           /* [CKPT, TILE_ROWS, VLEN] one row tile's dC'^T k, in lanes */
     SCALAR *cbuf;         /* [CKPT, TILE_ROWS, VLEN] one tile's entering memories */
 } SEQ_SEG;
 
@@ -135,16 +137,16 @@ static void SEQ_BWD_PREP(const SEQ_ARGS *a, const SEQ_RUN *r, int64_t row, int64
 /* One tile of dC^T, rows [j0, j0 + rows) x lanes [a0, a0 + lanes), over steps [t0, t1): the
  * entering memories rebuilt into w->cbuf from CT_in (NULL: zeros), then dC walked backwards
  * from dCT (updated in place to the gradient entering t0): per step, d = dC' + dnum q~^T is the
- * full gradient of C', the tile adds C dnum and d v into sq, su (first_j: stores), d^T k into
- * dvs (first_a: stores) and d . C into fc, and dC <- f' d (0 before a fresh step). rows and
- * lanes are constants where it is inlined, so the tile lives in registers. */
+ * full gradient of C', the tile adds C dnum and d v into sq, su (first_j: stores), d * k into
+ * the row tile's kd lanes and d . C into fc (first_j and first_a: stores), and dC <- f' d (0
+ * before a fresh step). rows and lanes are constants where it is inlined, so the tile lives in registers. */
 static inline __attribute__((always_inline)) void SEQ_BWD_TILE(
     const SEQ_RUN *r, const SEQ_SEG *w, int rows, int64_t lanes, int64_t j0, int64_t a0,
     int64_t t0, int64_t t1, const SCALAR *CT_in, SCALAR *dCT, int first_j, int first_a)
 {
     const int64_t dk = r->dk, dv = r->dv;
     SEQ_TILE_T(r, rows, lanes, j0, a0, t0, t1, CT_in, w->cbuf, TILE_ROWS * VLEN, VLEN);
-    VEC dc[TILE_ROWS], kd[TILE_ROWS];
+    VEC dc[TILE_ROWS];
     for (int e = 0; e < rows; ++e)
         dc[e] = SEQ_LOAD(dCT + (j0 + e) * dk + a0, lanes);
     for (int64_t t = t1 - 1; t >= t0; --t) {
@@ -153,13 +155,14 @@ static inline __attribute__((always_inline)) void SEQ_BWD_TILE(
         const VEC k = SEQ_LOAD(r->k + t * r->k_t + a0, lanes);
         const SCALAR *g = w->dnum + s * dv + j0, *vb = r->v + t * r->v_t + j0;
         const SCALAR *cb = w->cbuf + s * TILE_ROWS * VLEN, fa = r->fa[t];
+        SCALAR *kd = w->kd + s * TILE_ROWS * VLEN;
         VEC sq = {0}, su = {0}, fc = {0};
         if (r->fresh[t]) {  /* C unread; no gradient flows into it */
 #pragma GCC unroll 16
             for (int e = 0; e < rows; ++e) {
                 const VEC d = dc[e] + g[e] * q;
                 su += d * vb[e];
-                kd[e] = d * k;
+                VSTORE(kd + e * VLEN, VLOAD(kd + e * VLEN) + d * k);
                 dc[e] = (VEC){0};
             }
         } else {
@@ -169,7 +172,7 @@ static inline __attribute__((always_inline)) void SEQ_BWD_TILE(
                 sq += c * g[e];
                 fc += d * c;
                 su += d * vb[e];
-                kd[e] = d * k;
+                VSTORE(kd + e * VLEN, VLOAD(kd + e * VLEN) + d * k);
                 dc[e] = d * fa;
             }
         }
@@ -177,39 +180,58 @@ static inline __attribute__((always_inline)) void SEQ_BWD_TILE(
         SEQ_STORE(sq_s, first_j ? sq : sq + SEQ_LOAD(sq_s, lanes), lanes);
         SEQ_STORE(su_s, first_j ? su : su + SEQ_LOAD(su_s, lanes), lanes);
         VSTORE(w->fc + s * VLEN, first_j && first_a ? fc : fc + VLOAD(w->fc + s * VLEN));
-        SCALAR *dvs = w->dvs + s * dv + j0;
-        for (int e0 = 0; e0 < rows; e0 += VEC_LANES) {
-            if (rows - e0 >= VEC_LANES) {
-                const VEC sums = VSUM_ROWS(kd + e0);
-                VSTORE(dvs + e0, first_a ? sums : sums + VLOAD(dvs + e0));
-            } else {
-                for (int e = e0; e < rows; ++e)
-                    dvs[e] = first_a ? VSUM(kd[e]) : dvs[e] + VSUM(kd[e]);
-            }
-        }
     }
     for (int e = 0; e < rows; ++e)
         SEQ_STORE(dCT + (j0 + e) * dk + a0, dc[e], lanes);
 }
 
-/* Every tile of the memory over steps [t0, t1) (SEQ_BWD_TILE): whole tiles of TILE_ROWS rows,
- * then single rows; the last lane block may be partial. */
+/* dC'^T k of rows [j0, j0 + rows) for steps [0, L): the sums of their kd lanes (a butterfly
+ * per VLEN rows). */
+static inline __attribute__((always_inline)) void SEQ_BWD_KD_SUMS(const SEQ_SEG *w, int rows,
+                                                                  int64_t dv, int64_t j0,
+                                                                  int64_t L)
+{
+    for (int64_t s = 0; s < L; ++s) {
+        const SCALAR *kd = w->kd + s * TILE_ROWS * VLEN;
+        SCALAR *dvs = w->dvs + s * dv + j0;
+        int e = 0;
+        for (; e + VEC_LANES <= rows; e += VEC_LANES) {
+            VEC x[VEC_LANES];
+            for (int l = 0; l < VEC_LANES; ++l)
+                x[l] = VLOAD(kd + (e + l) * VLEN);
+            VSTORE(dvs + e, VSUM_ROWS(x));
+        }
+        for (; e < rows; ++e)
+            dvs[e] = VSUM(VLOAD(kd + e * VLEN));
+    }
+}
+
+/* Every tile of the memory over steps [t0, t1) (SEQ_BWD_TILE), by row tiles (whole tiles of
+ * TILE_ROWS rows, then single rows), each over all lane blocks (the last may be partial), so
+ * a row tile's dC'^T k is summed across lanes once. */
 static void SEQ_BWD_MATRICES(const SEQ_RUN *r, const SEQ_SEG *w, int64_t t0, int64_t t1,
                              const SCALAR *CT_in, SCALAR *dCT)
 {
-    for (int64_t a0 = 0; a0 < r->dk; a0 += VLEN) {
-        const int64_t lanes = r->dk - a0 < VLEN ? r->dk - a0 : VLEN;
-        int64_t j0 = 0;
-        if (lanes == VLEN) {
-            for (; j0 + TILE_ROWS <= r->dv; j0 += TILE_ROWS)
-                SEQ_BWD_TILE(r, w, TILE_ROWS, VLEN, j0, a0, t0, t1, CT_in, dCT, j0 == 0,
-                             a0 == 0);
-            for (; j0 < r->dv; ++j0)
-                SEQ_BWD_TILE(r, w, 1, VLEN, j0, a0, t0, t1, CT_in, dCT, j0 == 0, a0 == 0);
-        } else {
-            for (; j0 < r->dv; ++j0)
-                SEQ_BWD_TILE(r, w, 1, lanes, j0, a0, t0, t1, CT_in, dCT, j0 == 0, a0 == 0);
-        }
+    const int64_t dk = r->dk, dv = r->dv, whole = dk - dk % VLEN;
+    const size_t kd_bytes = sizeof(SCALAR) * (size_t)((t1 - t0) * TILE_ROWS * VLEN);
+    int64_t j0 = 0;
+    for (; j0 + TILE_ROWS <= dv; j0 += TILE_ROWS) {
+        memset(w->kd, 0, kd_bytes);  /* the tiles add into it (a branch per row cost more) */
+        for (int64_t a0 = 0; a0 < whole; a0 += VLEN)
+            SEQ_BWD_TILE(r, w, TILE_ROWS, VLEN, j0, a0, t0, t1, CT_in, dCT, j0 == 0, a0 == 0);
+        if (whole < dk)
+            SEQ_BWD_TILE(r, w, TILE_ROWS, dk - whole, j0, whole, t0, t1, CT_in, dCT, j0 == 0,
+                         whole == 0);
+        SEQ_BWD_KD_SUMS(w, TILE_ROWS, dv, j0, t1 - t0);
+    }
+    for (; j0 < dv; ++j0) {
+        memset(w->kd, 0, kd_bytes);
+        for (int64_t a0 = 0; a0 < whole; a0 += VLEN)
+            SEQ_BWD_TILE(r, w, 1, VLEN, j0, a0, t0, t1, CT_in, dCT, j0 == 0, a0 == 0);
+        if (whole < dk)
+            SEQ_BWD_TILE(r, w, 1, dk - whole, j0, whole, t0, t1, CT_in, dCT, j0 == 0,
+                         whole == 0);
+        SEQ_BWD_KD_SUMS(w, 1, dv, j0, t1 - t0);
     }
 }
 
@@ -296,8 +318,9 @@ static void SEQ_BWD_ROW(const void *args, int64_t row, void *scratch)
     w.dvs = w.su + CKPT * dk;
     w.fc = w.dvs + CKPT * dv;
     w.cbuf = w.fc + CKPT * VLEN;
+    w.kd = w.cbuf + CKPT * TILE_ROWS * VLEN;
     SEQ_RUN r;
-    SEQ_RUN_SETUP(a, row, w.cbuf + CKPT * TILE_ROWS * VLEN, &r);
+    SEQ_RUN_SETUP(a, row, w.kd + CKPT * TILE_ROWS * VLEN, &r);
     SCALAR dm = a->dm != NULL ? a->dm[row] : 0;
     if (a->dC != NULL) {
         SEQ_TRANSPOSE(dk, dv, a->dC + row * mat, dCT);
@@ -340,7 +363,7 @@ static void SEQ_BWD_ROW(const void *args, int64_t row, void *scratch)
 int SEQ_BWD(int64_t B, const SEQ_ARGS *args, int threads)
 {
     const int64_t dk = args->dk, dv = args->dv, mat = dk * dv;
-    const int64_t scalars = 2 * mat + CKPT * (3 * dk + 2 * dv + VLEN + TILE_ROWS * VLEN)
+    const int64_t scalars = 2 * mat + CKPT * (3 * dk + 2 * dv + VLEN + 2 * TILE_ROWS * VLEN)
                             + 2 * dk;
     const size_t scratch = sizeof(STEP_PREP) * CKPT + sizeof(SCALAR) * (size_t)scalars
                            + SEQ_RUN_BYTES(args->S, dk);
@@ -355,6 +378,7 @@ int SEQ_BWD(int64_t B, const SEQ_ARGS *args, int threads)
 #undef SEQ_BWD_PREP
 #undef SEQ_BWD_TILE
 #undef SEQ_BWD_MATRICES
+#undef SEQ_BWD_KD_SUMS
 #undef SEQ_BWD_VECTORS
 #undef SEQ_BWD_STEP
 #undef SEQ_BWD_ROW
