@@ -146,11 +146,26 @@ static void BT_FWD_PRE_ROW(const void *args, int64_t b, void *scratch)
     }
 }
 
-/* Mean and 1 / std of one head's cell output (biased variance, as layer_norm). */
+/* Mean and 1 / std of one head's cell output (biased variance, as layer_norm). In vector lanes
+ * when Dh is whole vectors: a scalar sum is a chain of Dh dependent adds, which took most of
+ * the post part's time. */
 static inline void TYPED(bt_moments)(const SCALAR *h, int64_t Dh, SCALAR eps, SCALAR *mean,
                                      SCALAR *rstd)
 {
     SCALAR mu = 0, var = 0;
+    if (Dh % VLEN == 0) {
+        VEC sum = {0}, sq = {0};
+        for (int64_t e = 0; e < Dh; e += VLEN)
+            sum += VLOAD(h + e);
+        mu = VSUM(sum) / (SCALAR)Dh;
+        for (int64_t e = 0; e < Dh; e += VLEN) {
+            const VEC d = VLOAD(h + e) - mu;
+            sq += d * d;
+        }
+        *mean = mu;
+        *rstd = (SCALAR)1 / SQRT(VSUM(sq) / (SCALAR)Dh + eps);
+        return;
+    }
     for (int64_t e = 0; e < Dh; ++e)
         mu += h[e];
     mu /= (SCALAR)Dh;
@@ -206,6 +221,7 @@ static void BT_BWD_POST_ROW(const void *args, int64_t b, void *scratch)
                 szs[e] = (SCALAR)1 / ((SCALAR)1 + VEXP(-z[o + e]));
             }
             int64_t e0 = 0;
+            VEC sum_v = {0}, sum_yv = {0};
             if (Dh % VEC_LANES == 0) {  /* in vector types: GCC left the plain loop scalar */
                 for (; e0 < Dh; e0 += VEC_LANES) {
                     const int64_t c = o + e0;
@@ -220,7 +236,11 @@ static void BT_BWD_POST_ROW(const void *args, int64_t b, void *scratch)
                     VSTORE(g_skip + c, VLOAD(g_skip + c) + dmixed * x);
                     VSTORE(dxc + c, dmixed * sk);
                     VSTORE(dhn + e0, dmixed * nw);
+                    sum_v += dmixed * nw;
+                    sum_yv += dmixed * nw * yv;
                 }
+                sum = VSUM(sum_v);
+                sum_y = VSUM(sum_yv);
             }
             for (int64_t e = e0; e < Dh; ++e) {
                 const int64_t c = o + e;
@@ -233,8 +253,6 @@ static void BT_BWD_POST_ROW(const void *args, int64_t b, void *scratch)
                 g_skip[c] += dmixed * x;
                 dxc[c] = dmixed * skip[c];
                 dhn[e] = dmixed * norm_w[c];
-            }
-            for (int64_t e = 0; e < Dh; ++e) {
                 sum += dhn[e];
                 sum_y += dhn[e] * y[e];
             }
