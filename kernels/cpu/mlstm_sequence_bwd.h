@@ -36,20 +36,24 @@
 #define SEQ_LOAD TYPED(seq_load)
 #define SEQ_STORE TYPED(seq_store)
 
-/* The step's gates as the forward computed them (CELL_GATES), the floor's clamp mask, and the
- * shares of the two maxima's gradients. */
+/* The step's gates as the forward computed them, the floor's clamp mask, and the shares of
+ * the two maxima's gradients. */
 typedef struct { SCALAR fa, ia, floor_, s_a, dlog_f, floor_live; } GATE_PARTS;
 
-static GATE_PARTS SEQ_GATES(SCALAR i, SCALAR f, SCALAR m_old, SCALAR max_exp)
+/* Step t's GATE_PARTS: f', i' and the floor from the gate run of this segment (r), the new
+ * stabilizer m' as the forward stored it; a = logsigmoid(f) + m_old as CELL_GATES forms it,
+ * for a's share of the maximum. */
+static GATE_PARTS SEQ_GATES(const SEQ_RUN *r, int64_t t, SCALAR i, SCALAR f, SCALAR m_old,
+                            SCALAR m_new, SCALAR max_exp)
 {
-    const CELL_GATES_T g = CELL_GATES(i, f, m_old, max_exp);
     const SCALAR z = EXP(-FABS(f));
+    const SCALAR f_tilde = (f < 0 ? f : (SCALAR)0) - LOG1P(z) + m_old;
     GATE_PARTS p;
-    p.fa = g.f_act;
-    p.ia = g.i_act;
-    p.floor_ = g.floor_;
-    p.floor_live = -g.m <= max_exp ? 1 : 0;
-    p.s_a = g.f_tilde > i ? 1 : (g.f_tilde == i ? (SCALAR)0.5 : 0);
+    p.fa = r->fa[t];
+    p.ia = r->ia[t];
+    p.floor_ = r->floor_[t];
+    p.floor_live = -m_new <= max_exp ? 1 : 0;
+    p.s_a = f_tilde > i ? 1 : (f_tilde == i ? (SCALAR)0.5 : 0);
     p.dlog_f = f < 0 ? (SCALAR)1 / (1 + z) : z / (1 + z);    /* sigmoid(-f) */
     return p;
 }
@@ -114,16 +118,32 @@ static void SEQ_BWD_PREP(const SEQ_ARGS *a, const SEQ_RUN *r, int64_t row, int64
     const int64_t b = row / a->H, hd = row % a->H, dk = a->dk, dv = a->dv, S = a->S;
     const SCALAR m_old = r->fresh[t] ? 0 : (t == 0 ? a->m0[row] : a->m_all[row * S + t - 1]);
     const int64_t g = b * a->g_s[0] + hd * a->g_s[1] + t * a->g_s[2];
-    const GATE_PARTS p = SEQ_GATES(a->ig[g], a->fg[g], m_old, a->max_exp);
+    const GATE_PARTS p = SEQ_GATES(r, t, a->ig[g], a->fg[g], m_old, a->m_all[row * S + t],
+                                   a->max_exp);
     const SCALAR *vb = r->v + t * r->v_t, *hb = a->h + (row * S + t) * dv;
     const SCALAR *dhb = a->dh == NULL ? NULL
         : a->dh + b * a->dh_s[0] + hd * a->dh_s[1] + t * a->dh_s[2];
     const SCALAR qn = DOT(dk, r->qs + t * dk, nt);  /* as the forward's denominator took it */
     const SCALAR mag = FABS(qn), den = (mag > p.floor_ ? mag : p.floor_) + a->eps;
     SCALAR dh_h = 0, v_dnum = 0;
-    for (int64_t j = 0; j < dv; ++j) {
-        dnum[j] = dhb == NULL ? 0 : dhb[j] / den;
-        dh_h += dhb == NULL ? 0 : dhb[j] * hb[j];
+    int64_t j = 0;
+    if (dhb == NULL) {
+        memset(dnum, 0, sizeof(SCALAR) * (size_t)dv);
+        j = dv;
+    } else {  /* dh . h and v . dnum in vector lanes (scalar sums are chains of dependent adds) */
+        VEC s_h = {0}, s_v = {0};
+        for (; j + VLEN <= dv; j += VLEN) {
+            const VEC d = VLOAD(dhb + j), g = d / den;
+            VSTORE(dnum + j, g);
+            s_h += d * VLOAD(hb + j);
+            s_v += VLOAD(vb + j) * g;
+        }
+        dh_h = VSUM(s_h);
+        v_dnum = VSUM(s_v);
+    }
+    for (; j < dv; ++j) {
+        dnum[j] = dhb[j] / den;
+        dh_h += dhb[j] * hb[j];
         v_dnum += vb[j] * dnum[j];
     }
     const SCALAR dden = -dh_h / den;
