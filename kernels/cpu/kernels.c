@@ -99,8 +99,8 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
 #include "mlstm_cell.h"
 #define VEC_LANES 16
 #define TYPED(name) name##_f32
-#include "mlstm_block.h"
 #include "vec.h"
+#include "mlstm_block.h"
 #include "mlstm_tile.h"
 #include "mlstm_sequence.h"
 #include "mlstm_sequence_bwd.h"
@@ -148,8 +148,8 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
 #include "mlstm_cell.h"
 #define VEC_LANES 8
 #define TYPED(name) name##_f64
-#include "mlstm_block.h"
 #include "vec.h"
+#include "mlstm_block.h"
 #include "mlstm_tile.h"
 #include "mlstm_sequence.h"
 #include "mlstm_sequence_bwd.h"

@@ -1,6 +1,6 @@
 /* The mLSTM block's step between its up- and down-projections, included by kernels.c once per
  * scalar type (define SCALAR, BLOCK_FN, CELL_HEAD, DOT, EXP, LOG1P, FABS, SQRT first;
- * mlstm_cell.h must come before it).
+ * mlstm_cell.h and vec.h must come before it).
  *
  * Beck et al. 2024, "xLSTM: Extended Long Short-Term Memory" (arXiv:2405.04517), Section 2.4 and
  * Figure 10 (right); the PyTorch definition is MLSTMBlock.step in xlstm_rl/cores/mlstm_block.py.
@@ -18,6 +18,66 @@
  * they do not overlap them. Returns 0, or 1 when the scratch memory cannot be allocated
  * (nothing is written then).
  */
+
+/* Mean and 1 / std of one head's cell output h [Dh] (biased variance, as layer_norm and
+ * group_norm), in vector lanes when Dh is whole vectors: a scalar sum is a chain of Dh
+ * dependent adds. The training kernels (mlstm_block_train.h) use it too. */
+static inline void TYPED(head_moments)(const SCALAR *h, int64_t Dh, SCALAR eps, SCALAR *mean,
+                                       SCALAR *rstd)
+{
+    SCALAR mu = 0, var = 0;
+    if (Dh % VLEN == 0) {
+        VEC sum = {0}, sq = {0};
+        for (int64_t e = 0; e < Dh; e += VLEN)
+            sum += VLOAD(h + e);
+        mu = VSUM(sum) / (SCALAR)Dh;
+        for (int64_t e = 0; e < Dh; e += VLEN) {
+            const VEC d = VLOAD(h + e) - mu;
+            sq += d * d;
+        }
+        var = VSUM(sq);
+    } else {
+        for (int64_t e = 0; e < Dh; ++e)
+            mu += h[e];
+        mu /= (SCALAR)Dh;
+        for (int64_t e = 0; e < Dh; ++e)
+            var += (h[e] - mu) * (h[e] - mu);
+    }
+    *mean = mu;
+    *rstd = (SCALAR)1 / SQRT(var / (SCALAR)Dh + eps);
+}
+
+#define GATE_GROUP 8
+/* out[r] = w[r] . x + bias[r] for R rows of length G: GATE_GROUP rows at a time, one vector
+ * accumulator each, so each vector of x is loaded once per group (one dot product per row
+ * read x R times, each a chain of dependent adds); rows past the last whole group and
+ * elements past the last whole vector in scalars. */
+static void TYPED(gate_rows)(int64_t R, int64_t G, const SCALAR *restrict w,
+                             const SCALAR *restrict bias, const SCALAR *restrict x,
+                             SCALAR *restrict out)
+{
+    const int64_t Gv = G - G % VLEN;
+    int64_t r = 0;
+    for (; r + GATE_GROUP <= R; r += GATE_GROUP) {
+        const SCALAR *restrict wr = w + r * G;
+        VEC acc[GATE_GROUP] = {{0}};
+        for (int64_t c = 0; c < Gv; c += VLEN) {
+            const VEC xv = VLOAD(x + c);
+#pragma GCC unroll 8
+            for (int j = 0; j < GATE_GROUP; ++j)
+                acc[j] += xv * VLOAD(wr + j * G + c);
+        }
+        for (int j = 0; j < GATE_GROUP; ++j) {
+            SCALAR sum = VSUM(acc[j]);
+            for (int64_t c = Gv; c < G; ++c)
+                sum += x[c] * wr[j * G + c];
+            out[r + j] = sum + bias[r + j];
+        }
+    }
+    for (; r < R; ++r)
+        out[r] = DOT(G, w + r * G, x) + bias[r];
+}
+#undef GATE_GROUP
 
 int BLOCK_FN(int64_t B, int64_t H, int64_t Dh, int64_t K, int64_t bs,
              const SCALAR *xm, const SCALAR *z, int64_t up_bstride,
@@ -60,7 +120,7 @@ int BLOCK_FN(int64_t B, int64_t H, int64_t Dh, int64_t K, int64_t bs,
         }
         for (int64_t c = 0; c < inner; ++c) {
             const SCALAR pre = xc[c] + xmb[c] * conv_w[W * inner + c] + conv_b[c];
-            xc[c] = pre / ((SCALAR)1 + EXP(-pre));
+            xc[c] = pre / ((SCALAR)1 + VEXP(-pre));  /* VEXP: the loop vectorizes */
             if (W > 0)
                 wob[(W - 1) * inner + c] = xmb[c];
         }
@@ -84,9 +144,7 @@ int BLOCK_FN(int64_t B, int64_t H, int64_t Dh, int64_t K, int64_t bs,
         }
 
         /* input and forget gate pre-activations (i: rows 0..H-1, f: rows H..2H-1) */
-        for (int64_t r = 0; r < 2 * H; ++r) {
-            gates[r] = DOT(3 * inner, gate_w + r * 3 * inner, qkv) + gate_b[r];
-        }
+        TYPED(gate_rows)(2 * H, 3 * inner, gate_w, gate_b, qkv, gates);
 
         /* the cell, then the per-head norm, the skip and the output gate */
         for (int64_t head = 0; head < H; ++head) {
@@ -94,17 +152,10 @@ int BLOCK_FN(int64_t B, int64_t H, int64_t Dh, int64_t K, int64_t bs,
             CELL_HEAD(Dh, Dh, qkv + o, qkv + inner + o, qkv + 2 * inner + o, gates[head],
                       gates[H + head], C + bh * Dh * Dh, n + bh * Dh, m[bh], fresh, scale, eps,
                       max_exp, hc + o, C_out + bh * Dh * Dh, n_out + bh * Dh, m_out + bh);
-            SCALAR mean = 0, var = 0;
-            for (int64_t c = 0; c < Dh; ++c)
-                mean += hc[o + c];
-            mean /= (SCALAR)Dh;
-            for (int64_t c = 0; c < Dh; ++c) {
-                const SCALAR d = hc[o + c] - mean;
-                var += d * d;
-            }
-            const SCALAR rstd = (SCALAR)1 / SQRT(var / (SCALAR)Dh + norm_eps);
+            SCALAR mean, rstd;
+            TYPED(head_moments)(hc + o, Dh, norm_eps, &mean, &rstd);
             for (int64_t c = o; c < o + Dh; ++c) {
-                const SCALAR gate = zb[c] / ((SCALAR)1 + EXP(-zb[c]));
+                const SCALAR gate = zb[c] / ((SCALAR)1 + VEXP(-zb[c]));
                 out[b * inner + c] = ((hc[c] - mean) * rstd * norm_w[c] + skip[c] * xc[c]) * gate;
             }
         }

@@ -78,35 +78,12 @@ static inline const SCALAR *BT_X(const BT_ARGS *a, int64_t b, int64_t s)
 
 #include "mlstm_block_maps.h"
 
-#define BT_GATE_GROUP 8
-/* gates[r] = gate_w[r] . qkv + gate_b[r], r < 2H: BT_GATE_GROUP rows at a time, one vector
- * accumulator each, so each vector of qkv is loaded once per group (one dot product per row read
- * qkv 2H times); rows past the last whole group and channels past the last whole vector in
- * scalars. */
-static void TYPED(bt_gates_fwd)(const BT_ARGS *a, const SCALAR *restrict qkv,
-                                SCALAR *restrict gates)
+/* The gates of one step (mlstm_block.h's gate_rows). */
+static inline void TYPED(bt_gates_fwd)(const BT_ARGS *a, const SCALAR *restrict qkv,
+                                       SCALAR *restrict gates)
 {
-    const int64_t R = 2 * a->H, G = 3 * a->H * a->Dh, Gv = G - G % VLEN;
-    int64_t r = 0;
-    for (; r + BT_GATE_GROUP <= R; r += BT_GATE_GROUP) {
-        const SCALAR *restrict w = a->gate_w + r * G;
-        VEC acc[BT_GATE_GROUP] = {{0}};
-        for (int64_t c = 0; c < Gv; c += VLEN) {
-            const VEC x = VLOAD(qkv + c);
-            for (int j = 0; j < BT_GATE_GROUP; ++j)
-                acc[j] += x * VLOAD(w + j * G + c);
-        }
-        for (int j = 0; j < BT_GATE_GROUP; ++j) {
-            SCALAR sum = VSUM(acc[j]);
-            for (int64_t c = Gv; c < G; ++c)
-                sum += qkv[c] * w[j * G + c];
-            gates[r + j] = sum + a->gate_b[r + j];
-        }
-    }
-    for (; r < R; ++r)
-        gates[r] = DOT(G, a->gate_w + r * G, qkv) + a->gate_b[r];
+    TYPED(gate_rows)(2 * a->H, 3 * a->H * a->Dh, a->gate_w, a->gate_b, qkv, gates);
 }
-#undef BT_GATE_GROUP
 
 static void BT_FWD_PRE_ROW(const void *args, int64_t b, void *scratch)
 {
@@ -146,35 +123,6 @@ static void BT_FWD_PRE_ROW(const void *args, int64_t b, void *scratch)
     }
 }
 
-/* Mean and 1 / std of one head's cell output (biased variance, as layer_norm). In vector lanes
- * when Dh is whole vectors: a scalar sum is a chain of Dh dependent adds, which took most of
- * the post part's time. */
-static inline void TYPED(bt_moments)(const SCALAR *h, int64_t Dh, SCALAR eps, SCALAR *mean,
-                                     SCALAR *rstd)
-{
-    SCALAR mu = 0, var = 0;
-    if (Dh % VLEN == 0) {
-        VEC sum = {0}, sq = {0};
-        for (int64_t e = 0; e < Dh; e += VLEN)
-            sum += VLOAD(h + e);
-        mu = VSUM(sum) / (SCALAR)Dh;
-        for (int64_t e = 0; e < Dh; e += VLEN) {
-            const VEC d = VLOAD(h + e) - mu;
-            sq += d * d;
-        }
-        *mean = mu;
-        *rstd = (SCALAR)1 / SQRT(VSUM(sq) / (SCALAR)Dh + eps);
-        return;
-    }
-    for (int64_t e = 0; e < Dh; ++e)
-        mu += h[e];
-    mu /= (SCALAR)Dh;
-    for (int64_t e = 0; e < Dh; ++e)
-        var += (h[e] - mu) * (h[e] - mu);
-    *mean = mu;
-    *rstd = (SCALAR)1 / SQRT(var / (SCALAR)Dh + eps);
-}
-
 static void BT_FWD_POST_ROW(const void *args, int64_t b, void *scratch)
 {
     (void)scratch;
@@ -187,7 +135,7 @@ static void BT_FWD_POST_ROW(const void *args, int64_t b, void *scratch)
         for (int64_t head = 0; head < H; ++head) {
             const SCALAR *hv = a->h + ((b * H + head) * T + t) * Dh;
             SCALAR mean, rstd;
-            TYPED(bt_moments)(hv, Dh, a->norm_eps, &mean, &rstd);
+            TYPED(head_moments)(hv, Dh, a->norm_eps, &mean, &rstd);
             for (int64_t e = 0; e < Dh; ++e) {
                 const int64_t c = head * Dh + e;
                 out[c] = ((hv[e] - mean) * rstd * a->norm_w[c] + a->skip[c] * BT_SILU(pre[c]))
@@ -215,7 +163,7 @@ static void BT_BWD_POST_ROW(const void *args, int64_t b, void *scratch)
             const SCALAR *restrict hv = a->h + ((b * H + head) * T + t) * Dh;
             const int64_t o = head * Dh;
             SCALAR mean, rstd, sum = 0, sum_y = 0;
-            TYPED(bt_moments)(hv, Dh, a->norm_eps, &mean, &rstd);
+            TYPED(head_moments)(hv, Dh, a->norm_eps, &mean, &rstd);
             for (int64_t e = 0; e < Dh; ++e) {  /* the exponentials apart: this vectorizes */
                 xs[e] = BT_SILU(pre[o + e]);
                 szs[e] = (SCALAR)1 / ((SCALAR)1 + VEXP(-z[o + e]));
