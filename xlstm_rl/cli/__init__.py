@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in ("train", "eval", "bench", "compare"):
+        from xlstm_rl.allocator import keep_freed_memory
+        keep_freed_memory()  # no page faults for each step's large temporaries
     if args.command == "train":
         from xlstm_rl.cli.train import run_train
         return run_train(args)
