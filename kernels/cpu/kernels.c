@@ -117,6 +117,7 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
 #undef VSUM_ROWS
 #undef VEC_INTERLEAVE
 #undef VEC_TRANSPOSE
+#undef MAT_TRANSPOSE
 #undef VEC_LANES
 #undef TYPED
 #undef SCALAR

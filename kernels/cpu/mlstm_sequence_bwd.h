@@ -24,7 +24,6 @@
 #define GATE_PARTS TYPED(gate_parts)
 #define STEP_PREP TYPED(step_prep)
 #define SEQ_SEG TYPED(seq_seg)
-#define SEQ_TRANSPOSE TYPED(seq_transpose)
 #define SEQ_BWD_PREP TYPED(seq_bwd_prep)
 #define SEQ_BWD_TILE TYPED(seq_bwd_tile)
 #define SEQ_BWD_MATRICES TYPED(seq_bwd_matrices)
@@ -85,30 +84,6 @@ static inline __attribute__((always_inline)) void SEQ_STORE(SCALAR *p, VEC x, in
         VSTORE(p, x);
     else
         VSTORE_PART(p, x, lanes);
-}
-
-/* dst [cols, rows] = src [rows, cols] transposed: by VLEN x VLEN blocks in registers where
- * both sizes are whole vectors (the element loop's strided stores took about as long as a
- * segment's matrix work per step), else element by element. */
-static void SEQ_TRANSPOSE(int64_t rows, int64_t cols, const SCALAR *src, SCALAR *dst)
-{
-#if VEC_SHUFFLE
-    if (rows % VLEN == 0 && cols % VLEN == 0) {
-        for (int64_t i0 = 0; i0 < rows; i0 += VLEN)
-            for (int64_t j0 = 0; j0 < cols; j0 += VLEN) {
-                VEC x[VEC_LANES];
-                for (int e = 0; e < VEC_LANES; ++e)
-                    x[e] = VLOAD(src + (i0 + e) * cols + j0);
-                VEC_TRANSPOSE(x);
-                for (int e = 0; e < VEC_LANES; ++e)
-                    VSTORE(dst + (j0 + e) * rows + i0, x[e]);
-            }
-        return;
-    }
-#endif
-    for (int64_t i = 0; i < rows; ++i)
-        for (int64_t j = 0; j < cols; ++j)
-            dst[j * rows + i] = src[i * cols + j];
 }
 
 /* Step t's STEP_PREP and dnum, from nt, the normalizer after the step. */
@@ -343,7 +318,7 @@ static void SEQ_BWD_ROW(const void *args, int64_t row, void *scratch)
     SEQ_RUN_SETUP(a, row, w.kd + CKPT * TILE_ROWS * VLEN, &r);
     SCALAR dm = a->dm != NULL ? a->dm[row] : 0;
     if (a->dC != NULL) {
-        SEQ_TRANSPOSE(dk, dv, a->dC + row * mat, dCT);
+        MAT_TRANSPOSE(dk, dv, a->dC + row * mat, dCT);
         memcpy(dn, a->dn + row * dk, sizeof(SCALAR) * (size_t)dk);
     } else {
         memset(dCT, 0, sizeof(SCALAR) * (size_t)mat);
@@ -364,7 +339,7 @@ static void SEQ_BWD_ROW(const void *args, int64_t row, void *scratch)
                          w.dnum + (t - t0) * dv);
         const int entering = !r.fresh[t0];
         if (entering)
-            SEQ_TRANSPOSE(dk, dv, ck_C, ckT);
+            MAT_TRANSPOSE(dk, dv, ck_C, ckT);
         SEQ_BWD_MATRICES(&r, &w, t0, t1, entering ? ckT : NULL, dCT);
         for (int64_t t = t1 - 1; t >= t0; --t) {
             const SCALAR *np = t == t0 ? ck_n : nb + (t - t0 - 1) * dk;
@@ -372,7 +347,7 @@ static void SEQ_BWD_ROW(const void *args, int64_t row, void *scratch)
         }
     }
     if (a->dC0 != NULL) {
-        SEQ_TRANSPOSE(dv, dk, dCT, a->dC0 + row * mat);
+        MAT_TRANSPOSE(dv, dk, dCT, a->dC0 + row * mat);
         memcpy(a->dn0 + row * dk, dn, sizeof(SCALAR) * (size_t)dk);
         a->dm0[row] = dm;
     }
@@ -394,7 +369,6 @@ int SEQ_BWD(int64_t B, const SEQ_ARGS *args, int threads)
 #undef GATE_PARTS
 #undef STEP_PREP
 #undef SEQ_SEG
-#undef SEQ_TRANSPOSE
 #undef SEQ_BWD_PREP
 #undef SEQ_BWD_TILE
 #undef SEQ_BWD_MATRICES

@@ -68,6 +68,7 @@ typedef int64_t VEC_INDEX __attribute__((vector_size(64)));
 
 #define VEC_INTERLEAVE TYPED(vec_interleave)
 #define VEC_TRANSPOSE TYPED(vec_transpose)
+#define MAT_TRANSPOSE TYPED(mat_transpose)
 
 #if VEC_SHUFFLE
 /* One level of the lane butterflies below, h = VEC_LANES / 2, ..., 2, 1: lo takes the first h
@@ -136,6 +137,30 @@ static inline __attribute__((always_inline)) void VEC_TRANSPOSE(VEC *x)
     }
 }
 #endif
+
+/* dst [cols, rows] = src [rows, cols] transposed: by VLEN x VLEN blocks in registers where
+ * both sizes are whole vectors (GCC), else element by element (the sequence backward's kept
+ * states and gradients). */
+static void MAT_TRANSPOSE(int64_t rows, int64_t cols, const SCALAR *src, SCALAR *dst)
+{
+#if VEC_SHUFFLE
+    if (rows % VLEN == 0 && cols % VLEN == 0) {
+        for (int64_t i0 = 0; i0 < rows; i0 += VLEN)
+            for (int64_t j0 = 0; j0 < cols; j0 += VLEN) {
+                VEC x[VEC_LANES];
+                for (int e = 0; e < VEC_LANES; ++e)
+                    x[e] = VLOAD(src + (i0 + e) * cols + j0);
+                VEC_TRANSPOSE(x);
+                for (int e = 0; e < VEC_LANES; ++e)
+                    VSTORE(dst + (j0 + e) * rows + i0, x[e]);
+            }
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < cols; ++j)
+            dst[j * rows + i] = src[i * cols + j];
+}
 
 /* VEXP: exp in plain arithmetic, so loops that call it vectorize (a libm call per element does
  * not).
