@@ -25,10 +25,10 @@
  *
  * The forward runs the gates and the normalizer over all steps first, then the matrix memory in
  * register tiles that each walk every step (mlstm_tile.h), keeping the state entering every
- * CKPT-th step and the stabilizer m of every step. The backward (mlstm_sequence_bwd.h) rebuilds
- * the matrix memories of one CKPT-step segment at a time from there with the same arithmetic
- * and walks the segment backwards. Memory: CKPT + 2 matrices per thread, one per CKPT steps
- * per pair kept.
+ * CKPT-th step and the stabilizer m of every step. The backward (mlstm_sequence_bwd.h) takes
+ * one CKPT-step segment at a time from there, newest first: register tiles of the memory's
+ * gradient walk it backwards over memories rebuilt with the same arithmetic. Memory: two
+ * matrices and a few step buffers per thread, one matrix per CKPT steps per pair kept.
  */
 
 #define SEQ_ARGS TYPED(seq_args)

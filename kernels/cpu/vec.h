@@ -1,7 +1,8 @@
-/* Vector helpers of the training kernels, included by kernels.c once per scalar type (define
+/* Vector helpers of the compiled kernels, included by kernels.c once per scalar type (define
  * SCALAR, VEC_LANES (lanes of 64 bytes) and TYPED(name) first): GCC/Clang vector types, which
  * the compiler lowers to whatever SIMD the target has, their unaligned load and store, the sum
- * of their lanes, and an exp that vectorizes.
+ * of their lanes (one vector, or VEC_LANES at once by a butterfly), a transpose in registers,
+ * and an exp that vectorizes.
  */
 
 #define VEC TYPED(vec)
