@@ -18,8 +18,6 @@ static inline void TYPED(spread_masks)(int64_t bs, VEC_INDEX *masks)
         for (int l = 0; l < VEC_LANES; ++l)
             masks[d][l] = (l / bs) * bs + d;
 }
-#else
-#define BT_SPREAD 0
 #endif
 
 static inline int TYPED(bt_spreads)(int64_t bs, int64_t inner)
