@@ -78,13 +78,6 @@ static inline const SCALAR *BT_X(const BT_ARGS *a, int64_t b, int64_t s)
 
 #include "mlstm_block_maps.h"
 
-/* The gates of one step (mlstm_block.h's gate_rows). */
-static inline void TYPED(bt_gates_fwd)(const BT_ARGS *a, const SCALAR *restrict qkv,
-                                       SCALAR *restrict gates)
-{
-    TYPED(gate_rows)(2 * a->H, 3 * a->H * a->Dh, a->gate_w, a->gate_b, qkv, gates);
-}
-
 static void BT_FWD_PRE_ROW(const void *args, int64_t b, void *scratch)
 {
     const BT_ARGS *a = args;
@@ -111,7 +104,8 @@ static void BT_FWD_PRE_ROW(const void *args, int64_t b, void *scratch)
         const SCALAR *restrict xm = BT_X(a, b, t);
         SCALAR *restrict qkv = a->qkv + (b * T + t) * 3 * inner;
         TYPED(bt_maps_fwd)(a, inner, xc, xm, base, qkv);
-        TYPED(bt_gates_fwd)(a, qkv, a->gates + (b * T + t) * 2 * H);
+        TYPED(gate_rows)(2 * H, 3 * inner, a->gate_w, a->gate_b, qkv,
+                         a->gates + (b * T + t) * 2 * H);
     }
     for (int64_t w = 0; w < W; ++w) {
         const int64_t s = T - W + w;
@@ -182,10 +176,11 @@ static void BT_BWD_POST_ROW(const void *args, int64_t b, void *scratch)
                     VSTORE(dz + c, dc * mixed * sz * ((SCALAR)1 + zc * ((SCALAR)1 - sz)));
                     VSTORE(g_norm + c, VLOAD(g_norm + c) + dmixed * yv);
                     VSTORE(g_skip + c, VLOAD(g_skip + c) + dmixed * x);
+                    const VEC dn = dmixed * nw;
                     VSTORE(dxc + c, dmixed * sk);
-                    VSTORE(dhn + e0, dmixed * nw);
-                    sum_v += dmixed * nw;
-                    sum_yv += dmixed * nw * yv;
+                    VSTORE(dhn + e0, dn);
+                    sum_v += dn;
+                    sum_yv += dn * yv;
                 }
                 sum = VSUM(sum_v);
                 sum_y = VSUM(sum_yv);

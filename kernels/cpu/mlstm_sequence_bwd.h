@@ -32,8 +32,6 @@
 #define SEQ_BWD_STEP TYPED(seq_bwd_step)
 #define SEQ_BWD_ROW TYPED(seq_bwd_row)
 #define SEQ_BWD TYPED(xlstm_mlstm_seq_bwd)
-#define SEQ_LOAD TYPED(seq_load)
-#define SEQ_STORE TYPED(seq_store)
 
 /* The step's gates as the forward computed them, the floor's clamp mask, and the shares of
  * the two maxima's gradients. */
@@ -72,19 +70,6 @@ typedef struct {
     SCALAR *kd;           /* [CKPT, TILE_ROWS, VLEN] one row tile's dC'^T k, in lanes */
     SCALAR *cbuf;         /* [CKPT, TILE_ROWS, VLEN] one tile's entering memories */
 } SEQ_SEG;
-
-static inline __attribute__((always_inline)) VEC SEQ_LOAD(const SCALAR *p, int64_t lanes)
-{
-    return lanes == VLEN ? VLOAD(p) : VLOAD_PART(p, lanes);
-}
-
-static inline __attribute__((always_inline)) void SEQ_STORE(SCALAR *p, VEC x, int64_t lanes)
-{
-    if (lanes == VLEN)
-        VSTORE(p, x);
-    else
-        VSTORE_PART(p, x, lanes);
-}
 
 /* Step t's STEP_PREP and dnum, from nt, the normalizer after the step. */
 static void SEQ_BWD_PREP(const SEQ_ARGS *a, const SEQ_RUN *r, int64_t row, int64_t t,
@@ -143,11 +128,11 @@ static inline __attribute__((always_inline)) void SEQ_BWD_TILE(
     SEQ_TILE_T(r, rows, lanes, j0, a0, t0, t1, CT_in, w->cbuf, TILE_ROWS * VLEN, VLEN);
     VEC dc[TILE_ROWS];
     for (int e = 0; e < rows; ++e)
-        dc[e] = SEQ_LOAD(dCT + (j0 + e) * dk + a0, lanes);
+        dc[e] = VLOAD_PART(dCT + (j0 + e) * dk + a0, lanes);
     for (int64_t t = t1 - 1; t >= t0; --t) {
         const int64_t s = t - t0;
-        const VEC q = SEQ_LOAD(r->qs + t * dk + a0, lanes);
-        const VEC k = SEQ_LOAD(r->k + t * r->k_t + a0, lanes);
+        const VEC q = VLOAD_PART(r->qs + t * dk + a0, lanes);
+        const VEC k = VLOAD_PART(r->k + t * r->k_t + a0, lanes);
         const SCALAR *g = w->dnum + s * dv + j0, *vb = r->v + t * r->v_t + j0;
         const SCALAR *cb = w->cbuf + s * TILE_ROWS * VLEN, fa = r->fa[t];
         SCALAR *kd = w->kd + s * TILE_ROWS * VLEN;
@@ -172,12 +157,12 @@ static inline __attribute__((always_inline)) void SEQ_BWD_TILE(
             }
         }
         SCALAR *sq_s = w->sq + s * dk + a0, *su_s = w->su + s * dk + a0;
-        SEQ_STORE(sq_s, first_j ? sq : sq + SEQ_LOAD(sq_s, lanes), lanes);
-        SEQ_STORE(su_s, first_j ? su : su + SEQ_LOAD(su_s, lanes), lanes);
+        VSTORE_PART(sq_s, first_j ? sq : sq + VLOAD_PART(sq_s, lanes), lanes);
+        VSTORE_PART(su_s, first_j ? su : su + VLOAD_PART(su_s, lanes), lanes);
         VSTORE(w->fc + s * VLEN, first_j && first_a ? fc : fc + VLOAD(w->fc + s * VLEN));
     }
     for (int e = 0; e < rows; ++e)
-        SEQ_STORE(dCT + (j0 + e) * dk + a0, dc[e], lanes);
+        VSTORE_PART(dCT + (j0 + e) * dk + a0, dc[e], lanes);
 }
 
 /* dC'^T k of rows [j0, j0 + rows) for steps [0, L): the sums of their kd lanes (a butterfly
@@ -377,8 +362,6 @@ int SEQ_BWD(int64_t B, const SEQ_ARGS *args, int threads)
 #undef SEQ_BWD_STEP
 #undef SEQ_BWD_ROW
 #undef SEQ_BWD
-#undef SEQ_LOAD
-#undef SEQ_STORE
 #undef VLOAD_PART
 #undef VSTORE_PART
 #undef SEQ_ARGS

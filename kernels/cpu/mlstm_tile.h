@@ -43,18 +43,24 @@ typedef struct {
     SCALAR *qs, *ks;                /* [S, dk] q~ = q * scale and i' k */
 } SEQ_RUN;
 
-/* The first `lanes` lanes of p (the rest 0), and their store: the columns past the last whole
- * vector of a row. */
-static inline VEC VLOAD_PART(const SCALAR *p, int64_t lanes)
+/* The first `lanes` lanes of p (the rest 0; lanes <= VLEN), and their store: a whole vector,
+ * or the columns past the last whole vector of a row. lanes is a constant where the tiles
+ * inline them, so the choice vanishes. */
+static inline __attribute__((always_inline)) VEC VLOAD_PART(const SCALAR *p, int64_t lanes)
 {
+    if (lanes == VLEN)
+        return VLOAD(p);
     VEC x = {0};
     memcpy(&x, p, sizeof(SCALAR) * (size_t)lanes);
     return x;
 }
 
-static inline void VSTORE_PART(SCALAR *p, VEC x, int64_t lanes)
+static inline __attribute__((always_inline)) void VSTORE_PART(SCALAR *p, VEC x, int64_t lanes)
 {
-    memcpy(p, &x, sizeof(SCALAR) * (size_t)lanes);
+    if (lanes == VLEN)
+        VSTORE(p, x);
+    else
+        memcpy(p, &x, sizeof(SCALAR) * (size_t)lanes);
 }
 
 /* The gates of steps [t0, t1) (CELL_GATES, as the acting step takes them) from the stabilizer
@@ -123,11 +129,10 @@ static inline __attribute__((always_inline)) void SEQ_TILE(
     VEC c[TILE_ROWS];
     for (int e = 0; e < rows; ++e)
         c[e] = C_in == NULL ? (VEC){0}
-             : lanes == VLEN ? VLOAD(C_in + (a0 + e) * dv + j0)
-                             : VLOAD_PART(C_in + (a0 + e) * dv + j0, lanes);
+             : VLOAD_PART(C_in + (a0 + e) * dv + j0, lanes);
     for (int64_t t = t0; t < t1; ++t) {
         const SCALAR *vb = r->v + t * r->v_t + j0, *ks = r->ks + t * dk + a0;
-        const VEC vv = lanes == VLEN ? VLOAD(vb) : VLOAD_PART(vb, lanes);
+        const VEC vv = VLOAD_PART(vb, lanes);
         if (r->fresh[t]) {
 #pragma GCC unroll 16
             for (int e = 0; e < rows; ++e)
@@ -147,28 +152,17 @@ static inline __attribute__((always_inline)) void SEQ_TILE(
                 part[e % 4] += qs[e] * c[e];
             VEC acc = (part[0] + part[1]) + (part[2] + part[3]);
             if (!first)
-                acc += lanes == VLEN ? VLOAD(ht) : VLOAD_PART(ht, lanes);
-            if (lanes == VLEN)
-                VSTORE(ht, acc);
-            else
-                VSTORE_PART(ht, acc, lanes);
+                acc += VLOAD_PART(ht, lanes);
+            VSTORE_PART(ht, acc, lanes);
         }
         if (each != NULL) {
             SCALAR *out = each + (t - t0) * dk * dv + a0 * dv + j0;
-            for (int e = 0; e < rows; ++e) {
-                if (lanes == VLEN)
-                    VSTORE(out + e * dv, c[e]);
-                else
-                    VSTORE_PART(out + e * dv, c[e], lanes);
-            }
+            for (int e = 0; e < rows; ++e)
+                VSTORE_PART(out + e * dv, c[e], lanes);
         }
     }
-    for (int e = 0; e < rows && C_out != NULL; ++e) {
-        if (lanes == VLEN)
-            VSTORE(C_out + (a0 + e) * dv + j0, c[e]);
-        else
-            VSTORE_PART(C_out + (a0 + e) * dv + j0, c[e], lanes);
-    }
+    for (int e = 0; e < rows && C_out != NULL; ++e)
+        VSTORE_PART(C_out + (a0 + e) * dv + j0, c[e], lanes);
 }
 
 /* All tiles of one column block [j0, j0 + lanes): full TILE_ROWS tiles, then single rows. */
@@ -222,8 +216,7 @@ static inline __attribute__((always_inline)) void SEQ_TILE_T(
     VEC c[TILE_ROWS];
     for (int e = 0; e < rows; ++e)
         c[e] = CT_in == NULL ? (VEC){0}
-             : lanes == VLEN ? VLOAD(CT_in + (j0 + e) * dk + a0)
-                             : VLOAD_PART(CT_in + (j0 + e) * dk + a0, lanes);
+             : VLOAD_PART(CT_in + (j0 + e) * dk + a0, lanes);
     for (int64_t t = t0; t < t1; ++t) {
         SCALAR *out = each + (t - t0) * step_stride;
         for (int e = 0; e < rows; ++e)
@@ -231,7 +224,7 @@ static inline __attribute__((always_inline)) void SEQ_TILE_T(
         if (t == t1 - 1)
             break;
         const SCALAR *vb = r->v + t * r->v_t + j0, *ks = r->ks + t * dk + a0;
-        const VEC kv = lanes == VLEN ? VLOAD(ks) : VLOAD_PART(ks, lanes);
+        const VEC kv = VLOAD_PART(ks, lanes);
         if (r->fresh[t]) {
 #pragma GCC unroll 16
             for (int e = 0; e < rows; ++e)
