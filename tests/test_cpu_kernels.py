@@ -210,6 +210,47 @@ def test_the_library_is_cached_and_a_damaged_or_untrusted_copy_is_rebuilt(tmp_pa
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
+TRAIN_PROBE = (
+    "import torch; from xlstm_rl.kernels import cpu; from xlstm_rl.cores import make_core;"
+    "import xlstm_rl.kernels.cpu.mlstm_cell as cell; cell.PARALLEL_MIN_ELEMENTS = 0;"
+    "torch.set_num_threads(2); torch.manual_seed(0);"
+    "core = make_core('mlstm', 8, hidden_size=16, num_heads=2); x = torch.randn(8, 5, 8);"
+    "run = lambda: torch.autograd.grad(core(x, None, None)[0].square().sum(),"
+    " list(core.parameters()));"
+    "fast = run(); slow = (cpu.disabled().__enter__(), run())[1];"
+    "print(cpu.load_library() is not None, cpu.uses_openmp(),"
+    " max((a - b).abs().max().item() for a, b in zip(fast, slow)) < 1e-5)")
+
+
+def _mapped_openmp_runtimes() -> set[str]:
+    with open("/proc/self/maps", encoding="utf-8") as maps:
+        return {line.split()[-1] for line in maps if "/libgomp" in line}
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc")
+def test_the_library_runs_on_torchs_openmp_threads() -> None:
+    """Built with OpenMP, the library maps no second runtime: its threads are torch's workers
+    (threads of its own competed with them for the cores, kernels/cpu/kernels.c)."""
+    torch.ones(64, 64) @ torch.ones(64, 64)  # torch's OpenMP runtime is loaded
+    torch_runtimes = _mapped_openmp_runtimes()
+    if len(torch_runtimes) != 1:
+        pytest.skip(f"this torch maps no single GNU OpenMP runtime: {torch_runtimes}")
+    assert cpu_kernels.uses_openmp(), cpu_kernels.why_unavailable()
+    assert "-fopenmp" in cpu_kernels.why_unavailable()
+    assert _mapped_openmp_runtimes() == torch_runtimes
+
+
+def test_a_compiler_without_openmp_gets_posix_threads(tmp_path: Path) -> None:
+    """A compiler that rejects -fopenmp: the next flag set builds a library with threads of its
+    own, and training through it (two threads) still equals the PyTorch path."""
+    plain = tmp_path / "cc-without-openmp"
+    plain.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done\n'
+                     'exec cc "$@"\n')
+    plain.chmod(0o755)
+    env = {"CC": str(plain), "XLSTM_RL_CACHE": str(tmp_path / "c")}
+    assert _run_python(TRAIN_PROBE, env) == "True False True"
+
+
 def test_step_benchmark_times_every_path_side_by_side() -> None:
     from xlstm_rl.bench_cores import bench_steps
 

@@ -1,6 +1,7 @@
 """Compiled CPU kernels (plain C through ctypes) for the acting path; optional, see
 :mod:`.build`."""
-from .build import cache_dir, disabled, enabled, forget, load_library, why_unavailable
+from .build import (cache_dir, disabled, enabled, forget, load_library, uses_openmp,
+                    why_unavailable)
 from .mlstm_block import mlstm_block_step
 from .mlstm_block_train import mlstm_block_forward
 from .mlstm_cell import available, mlstm_cell_step
@@ -8,4 +9,4 @@ from .mlstm_sequence import mlstm_sequence_cpu
 
 __all__ = ["available", "cache_dir", "disabled", "enabled", "forget", "load_library",
            "mlstm_block_forward", "mlstm_block_step", "mlstm_cell_step", "mlstm_sequence_cpu",
-           "why_unavailable"]
+           "uses_openmp", "why_unavailable"]

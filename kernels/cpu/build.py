@@ -1,8 +1,11 @@
 """Compiles the C kernels of this folder once per machine and loads them with ctypes.
 
-The sources are plain C11, libm and POSIX threads (no Python or torch headers), so the system C
+The sources are plain C11, libm and OpenMP (no Python or torch headers), so the system C
 compiler builds them in a few seconds on first use (``make`` does it while setting up the
-environment). The library is cached per user under
+environment). With ``-fopenmp`` the library needs ``libgomp.so.1``, and the loader hands it the
+one torch already mapped: its threads are torch's OpenMP workers, not a second set competing
+with them for the cores. A compiler without OpenMP gets the next flag set (POSIX threads).
+The library is cached per user under
 ``$XLSTM_RL_CACHE`` (default ``$XDG_CACHE_HOME/xlstm-rl`` or ``~/.cache/xlstm-rl``), keyed by
 a digest of the sources, the compiler, its flags and the CPU's instruction-set flags (the
 build uses ``-march=native``), and written under a temporary name then renamed, so concurrent
@@ -32,8 +35,9 @@ SOURCES = ("kernels.c", "mlstm_cell.h", "mlstm_block.h", "mlstm_tile.h", "mlstm_
 """Files the library is built from (the first is compiled; the others are included)."""
 ABI_VERSION = 4
 """Must equal ``xlstm_cpu_kernels_abi()`` of the loaded library."""
-_FLAG_SETS = (("-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=fast"),
-              ("-O3", "-march=native"), ("-O3",))
+_FAST = ("-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=fast")
+_FLAG_SETS = ((*_FAST, "-fopenmp"), _FAST, ("-O3", "-march=native"), ("-O3",))
+"""Tried in order until one builds and loads."""
 _STATE: dict[str, object] = {}
 
 
@@ -184,6 +188,14 @@ def function(name: str, argtypes: list, restype: object = None):  # noqa: ANN201
         fn.argtypes, fn.restype = argtypes, restype
         _STATE[key] = fn
     return _STATE[key]
+
+
+def uses_openmp() -> bool:
+    """True when the loaded library runs its threads on the process's OpenMP runtime."""
+    if "openmp" not in _STATE:  # asked per kernel call: once per load
+        lib = load_library()
+        _STATE["openmp"] = lib is not None and bool(lib.xlstm_cpu_kernels_openmp())
+    return bool(_STATE["openmp"])
 
 
 def why_unavailable() -> str:

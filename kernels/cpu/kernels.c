@@ -1,7 +1,8 @@
 /* Fused CPU kernels (float32 and float64), called through ctypes by xlstm_rl.kernels.cpu. Plain
- * C11, libm and POSIX threads: no Python or torch headers, so the system C compiler builds them
- * in a few seconds (build.py compiles this file once per scalar type, -DXLSTM_PART=32 / 64, the
- * two at once, and links them; without XLSTM_PART it holds both). The math is in mlstm_cell.h
+ * C11, libm and OpenMP (POSIX threads where the compiler lacks it): no Python or torch headers,
+ * so the system C compiler builds them in a few seconds (build.py compiles this file once per
+ * scalar type, -DXLSTM_PART=32 / 64, the two at once, and links them; without XLSTM_PART it
+ * holds both). The math is in mlstm_cell.h
  * and mlstm_block.h (the acting step), mlstm_tile.h, mlstm_sequence.h and mlstm_sequence_bwd.h
  * (the cell over a sequence, forward and backward), and mlstm_block_train.h with
  * mlstm_block_maps.h (the rest of the block's training path, forward and backward); vec.h holds
@@ -36,7 +37,8 @@ static void *run_slice(void *p)
 
 /* fn(args, row, scratch) for every row in [0, rows), split into contiguous slices over up to
  * `threads` threads (this one included), each with its own `scratch` bytes, zeroed (a row task
- * may keep partial sums there). A thread that cannot be started runs its slice here instead.
+ * may keep partial sums there). With OpenMP the slices go to the runtime's team (see below);
+ * else to POSIX threads, and a thread that cannot be started runs its slice here instead.
  * With `kept`, the scratch memory is handed back there (slices 64-byte aligned, `*used` of
  * them) for the caller to read and free. Returns 0, or 1 when the scratch cannot be allocated
  * (nothing ran then). */
@@ -57,8 +59,6 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
             return 1;
     }
     struct row_slice slices[MAX_THREADS];
-    pthread_t ids[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
     for (int w = 0; w < threads; ++w) {
         slices[w].fn = fn;
         slices[w].args = args;
@@ -66,6 +66,21 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
         slices[w].end = rows * (w + 1) / threads;
         slices[w].scratch = mem == NULL ? NULL : mem + stride * (size_t)w;
     }
+#ifdef _OPENMP
+    /* Built with -fopenmp, the library shares the process's OpenMP runtime (torch's: the
+     * loader reuses the libgomp already mapped), so the slices run on torch's worker threads,
+     * which wait spinning after each torch op. Threads of our own would compete with them for
+     * the cores, which made two threads slower than one at PPO's sizes. */
+    if (threads > 1) {
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+        for (int w = 0; w < threads; ++w)
+            run_slice(&slices[w]);
+    } else {
+        run_slice(&slices[0]);
+    }
+#else
+    pthread_t ids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
     for (int w = 1; w < threads; ++w)
         started[w] = pthread_create(&ids[w], NULL, run_slice, &slices[w]) == 0;
     run_slice(&slices[0]);
@@ -75,6 +90,7 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
         else
             run_slice(&slices[w]);
     }
+#endif
     if (kept != NULL) {
         *kept = mem;
         *used = threads;
@@ -161,4 +177,14 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
 #if !defined(XLSTM_PART) || XLSTM_PART == 32
 /* Bumped whenever a signature above changes, so a stale cached library is never called. */
 int xlstm_cpu_kernels_abi(void) { return 4; }
+
+/* 1 when built with OpenMP (parallel_rows runs on the process's OpenMP threads), else 0. */
+int xlstm_cpu_kernels_openmp(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
 #endif

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..reference.mlstm_recurrent import MLSTMState, max_exp_arg, mlstm_zero_state, state_dtype
-from .build import function
+from .build import function, uses_openmp
 
 C_TYPES = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
 """The scalar types the C kernels are built for (``<name>_f32`` and ``<name>_f64``)."""
@@ -26,14 +26,19 @@ MAX_EXP = {dtype: max_exp_arg(dtype) for dtype in C_TYPES}
 
 PARALLEL_MIN_ELEMENTS = 1 << 18
 """Below this many elements per ``[B, T, features]`` tensor a training kernel runs on one
-thread: a second one would share its core with torch's intra-op workers, which spin for a
-while after each op (measured in the PPO update: 0.39 s with two threads, 0.33 s with one;
-the R2D2 learner batch, 8x larger than this, gains from two)."""
+thread when the library starts threads of its own (built without OpenMP): a second one would
+share its core with torch's intra-op workers, which spin for a while after each op (measured in
+the PPO update: 0.39 s with two threads, 0.33 s with one; the R2D2 learner batch, 8x larger
+than this, gains from two). On torch's OpenMP threads two are faster than one from one
+sequence of 16 steps up (a core's forward and backward: 3.6 against 3.8 ms; at PPO's 16 x 16,
+6.5 against 7.9 ms), so there every call gets torch's thread count."""
 
 
 def threads_for(elements: int) -> int:
     """Threads for a training kernel call over ``elements`` values per tensor."""
-    return torch.get_num_threads() if elements >= PARALLEL_MIN_ELEMENTS else 1
+    if elements >= PARALLEL_MIN_ELEMENTS or uses_openmp():
+        return torch.get_num_threads()
+    return 1
 
 
 def typed_function(name: str, dtype: torch.dtype,
