@@ -10,8 +10,9 @@ Math (Kapturowski et al., ICLR 2019, Sec. 2.3 and 3; Pohlen et al. 2018 for ``h`
   bootstrap from the observation after the last transition) or a transition terminates
   (no bootstrap);
 * burn-in: both networks are unrolled without gradient over the first ``burn_in`` steps from
-  the stored state; the loss ``0.5 td^2`` is taken on the remaining ``trace_len`` steps,
-  averaged over each sequence's valid steps and weighted by the importance weights.
+  the stored state (``advance``: the state only, no Q-values); the loss ``0.5 td^2`` is taken
+  on the remaining ``trace_len`` steps, averaged over each sequence's valid steps and weighted
+  by the importance weights.
 """
 from __future__ import annotations
 
@@ -143,8 +144,8 @@ class R2D2Learner:
         online_state = target_state = state
         if bi > 0:
             with torch.no_grad():
-                _, online_state = self.online(obs[:, :bi], state, reset[:, :bi])
-                _, target_state = self.target(obs[:, :bi], state, reset[:, :bi])
+                online_state = self.online.advance(obs[:, :bi], state, reset[:, :bi])
+                target_state = self.target.advance(obs[:, :bi], state, reset[:, :bi])
         q_online, _ = self.online(obs[:, bi:], online_state, reset[:, bi:])
         with torch.no_grad():
             q_target, _ = self.target(obs[:, bi:], target_state, reset[:, bi:])

@@ -101,6 +101,12 @@ class R2D2Network(nn.Module):
         y, new = self.torso(obs, state, reset, step=False)
         return self.head(y), new
 
+    def advance(self, obs: Tensor | TensorDict, state: TensorDict, reset: Tensor | None
+                ) -> TensorDict:
+        """The state after a sequence, as :meth:`forward` returns it, without Q-values (the
+        burn-in: the core skips what its state does not read, and the head does not run)."""
+        return self.torso.advance(obs, state, reset)
+
     def step(self, obs: Tensor | TensorDict, state: TensorDict, reset: Tensor | None
              ) -> tuple[Tensor, TensorDict]:
         """Q-values of one step: ``obs [B, ...]``, ``reset [B]`` -> ``(q [B, A], new state)``."""

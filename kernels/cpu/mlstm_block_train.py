@@ -123,22 +123,32 @@ def _forward(up: Tensor, window: Tensor, reset: Tensor | None, weights: dict[str
              ) -> tuple[tuple[Tensor, ...], dict[str, Any]]:
     """Pre part, cell, post part. Returns ``(out, window_out, C, n, m)`` and (when ``keep``)
     what the backward needs."""
+    B, T, _ = up.shape
+    args, saved = _pre(up, window, reset, weights, heads, norm_eps)
+    cell = _cell_inputs(saved["qkv"], saved["gates"], heads)
+    (h, C, n, m), saved["kept"] = sequence_forward(*cell, state, reset, eps, keep)
+    out = up.new_empty(B, T, saved["xc_pre"].shape[-1])
+    args.h, args.out = h.data_ptr(), out.data_ptr()
+    _call("fwd_post", up.dtype, B, args)
+    saved["h"] = h
+    return (out, saved.pop("window_out"), C, n, m), saved
+
+
+def _pre(up: Tensor, window: Tensor, reset: Tensor | None, weights: dict[str, Tensor],
+         heads: int, norm_eps: float) -> tuple[Any, dict[str, Any]]:
+    """The pre part's C call: its argument struct (ready for the post part) and its outputs
+    ``xc_pre``, ``qkv``, ``gates``, ``window_out`` and the ``taps`` it read."""
     B, T, two_inner = up.shape
     inner = two_inner // 2
     args = _base_args(up, window, reset, weights, heads, norm_eps)
-    taps = _set_taps(args, weights)
-    xc_pre, qkv = up.new_empty(B, T, inner), up.new_empty(B, T, 3 * inner)
-    gates, window_out = up.new_empty(B, T, 2 * heads), up.new_empty(window.shape)
-    args.xc_pre, args.qkv = xc_pre.data_ptr(), qkv.data_ptr()
-    args.gates, args.window_out = gates.data_ptr(), window_out.data_ptr()
+    outs: dict[str, Any] = {
+        "taps": _set_taps(args, weights), "xc_pre": up.new_empty(B, T, inner),
+        "qkv": up.new_empty(B, T, 3 * inner), "gates": up.new_empty(B, T, 2 * heads),
+        "window_out": up.new_empty(window.shape)}
+    for name in ("xc_pre", "qkv", "gates", "window_out"):
+        setattr(args, name, outs[name].data_ptr())
     _call("fwd_pre", up.dtype, B, args)
-    cell = _cell_inputs(qkv, gates, heads)
-    (h, C, n, m), kept = sequence_forward(*cell, state, reset, eps, keep)
-    out = up.new_empty(B, T, inner)
-    args.h, args.out = h.data_ptr(), out.data_ptr()
-    _call("fwd_post", up.dtype, B, args)
-    saved = {"xc_pre": xc_pre, "qkv": qkv, "gates": gates, "h": h, "kept": kept, "taps": taps}
-    return (out, window_out, C, n, m), saved
+    return args, outs
 
 
 def _gate_grads(di: Tensor, df: Tensor, qkv: Tensor, g_w: Tensor, g_b: Tensor) -> None:
@@ -211,6 +221,40 @@ def available(dtype: torch.dtype) -> bool:
         for part in ("fwd_pre", "fwd_post", "bwd_post", "bwd_pre"))
 
 
+def _runnable(tensors: tuple[Tensor, ...], weights: dict[str, Tensor]) -> bool:
+    """True when the kernels can take these tensors: CPU, one dtype they are built for, dense
+    weights, a loaded library."""
+    dtype = tensors[0].dtype
+    return (dtype in C_TYPES and all(t.is_cpu and t.dtype is dtype for t in tensors)
+            and all(w.is_contiguous() for w in weights.values()) and available(dtype))
+
+
+def _dense(up: Tensor, window: Tensor, reset: Tensor | None
+           ) -> tuple[Tensor, Tensor, Tensor | None]:
+    return (up.contiguous(), window.contiguous(),
+            None if reset is None else reset.to(torch.bool).contiguous())
+
+
+def mlstm_block_pre(up: Tensor, window: Tensor, reset: Tensor | None,
+                    weights: dict[str, Tensor], heads: int
+                    ) -> tuple[Tensor, Tensor, Tensor] | None:
+    """The block's pre part alone (conv, SiLU, q/k/v maps, gates), without autograd: what the
+    cell's state needs (``MLSTMBlock.advance``).
+
+    Args:
+        up, window, reset, weights, heads: as :func:`mlstm_block_forward`.
+
+    Returns:
+        ``qkv [B, T, 3 * inner]`` (q, k, v), ``gates [B, T, 2H]`` (i, f) and the new conv
+        window, or None when the kernels cannot take these tensors.
+    """
+    if not _runnable((up, window, *weights.values()), weights):
+        return None
+    up, window, reset = _dense(up, window, reset)
+    _, outs = _pre(up, window, reset, weights, heads, 0.0)
+    return outs["qkv"], outs["gates"], outs["window_out"]
+
+
 def mlstm_block_forward(up: Tensor, window: Tensor, reset: Tensor | None,
                         weights: dict[str, Tensor], state: list[Tensor], heads: int,
                         norm_eps: float, eps: float = 1e-6
@@ -233,15 +277,11 @@ def mlstm_block_forward(up: Tensor, window: Tensor, reset: Tensor | None,
         kernels lack, mixed dtypes, non-dense weights, no compiled library): the caller takes
         the PyTorch path.
     """
-    dtype = up.dtype
     tensors = (up, window, *state, *weights.values())
-    if (dtype not in C_TYPES or not all(t.is_cpu and t.dtype is dtype for t in tensors)
-            or not all(w.is_contiguous() for w in weights.values()) or not available(dtype)):
+    if not _runnable(tensors, weights):
         return None
-    up, window = up.contiguous(), window.contiguous()
+    up, window, reset = _dense(up, window, reset)
     C0, n0, m0 = (t.contiguous() for t in state)
-    if reset is not None:
-        reset = reset.to(torch.bool).contiguous()
     ordered = [weights[name] for name in WEIGHTS]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         out, window_out, C, n, m = _BlockTrain.apply(up, window, C0, n0, m0, reset, heads,

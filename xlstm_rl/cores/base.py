@@ -47,6 +47,13 @@ class MemoryCore(nn.Module):
         """Run a sequence: ``x [B, T, D]``, ``reset [B, T]`` -> ``y [B, T, output_size]``."""
         raise NotImplementedError
 
+    def advance(self, x: Tensor, state: TensorDict | None = None, reset: Tensor | None = None
+                ) -> TensorDict:
+        """The state after a sequence, as :meth:`forward` returns it, for a caller that does
+        not need the outputs (R2D2's burn-in). Cores whose state does not read their outputs
+        skip computing them; this default runs :meth:`forward`."""
+        return self(x, state, reset)[1]
+
     def step(self, x: Tensor, state: TensorDict | None = None, reset: Tensor | None = None,
              *, overwrite_state: bool = False) -> tuple[Tensor, TensorDict]:
         """Run one step: ``x [B, D]``, ``reset [B]`` -> ``y [B, output_size]``.

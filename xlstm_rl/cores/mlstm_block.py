@@ -17,8 +17,9 @@ from tensordict import TensorDict
 from torch import Tensor, nn
 
 from xlstm_rl.kernels import mlstm_chunkwise, mlstm_step
-from xlstm_rl.kernels.cpu import mlstm_block_forward, mlstm_block_step
+from xlstm_rl.kernels.cpu import mlstm_block_forward, mlstm_block_pre, mlstm_block_step
 from xlstm_rl.kernels.dispatch import resolve_backend
+from xlstm_rl.kernels.reference import mlstm_final_state
 from xlstm_rl.kernels.reference.mlstm_step_fast import mlstm_cell_inplace
 
 from .config import CoreConfig
@@ -108,6 +109,33 @@ class MLSTMBlock(nn.Module):
                                        chunk_size=self.chunk_size, backend=self.backend)
         y = self._output(tr(h), xc, z, x)
         return y, TensorDict({"C": C, "n": n, "m": m, "conv": window}, batch_size=state.batch_size)
+
+    def advance(self, x: Tensor, state: TensorDict, reset: Tensor | None) -> TensorDict:
+        """:meth:`forward`'s new state without its output (``x [B, T, dim]``, ``reset [B, T]``).
+
+        The cell's state never reads its read-out, so the read-out, head norm, output gate and
+        down-projection are skipped, and the state is one weighted sum per head
+        (:func:`~xlstm_rl.kernels.reference.mlstm_final_state`). Without autograd on CPU the
+        compiled pre part gives k, v and the gates.
+        """
+        up = self.up(self.norm(x))
+        grad = torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        pre = None if grad or x.device.type != "cpu" else mlstm_block_pre(
+            up, state["conv"], reset, self._kernel_weights(), self.heads)
+        if pre is not None:
+            qkv, gates, window = pre
+            inner, H = self.inner, self.heads
+            k, v = self._heads(qkv[..., inner:2 * inner]), self._heads(qkv[..., 2 * inner:])
+            i, f = gates[..., :H], gates[..., H:]
+        else:
+            xm = up[..., :self.inner]
+            xc, window = self.conv(xm, state["conv"], reset)
+            _, k, v, i, f = self._qkv_gates(F.silu(xc), xm)
+        tr = lambda t: t.transpose(1, 2)  # noqa: E731  [B, T, H, ...] -> [B, H, T, ...]
+        C, n, m = mlstm_final_state(tr(k), tr(v), tr(i), tr(f), reset=reset,
+                                    state=(state["C"], state["n"], state["m"]))
+        return TensorDict({"C": C, "n": n, "m": m, "conv": window}, batch_size=state.batch_size)
 
     def step(self, x: Tensor, state: TensorDict, reset: Tensor | None
              ) -> tuple[Tensor, TensorDict]:

@@ -59,6 +59,10 @@ class SLSTMBlock(nn.Module):
                                 backend=self.backend)
         return self._finish(x, h), TensorDict(dict(zip("hcnm", new)), batch_size=state.batch_size)
 
+    def advance(self, x: Tensor, state: TensorDict, reset: Tensor | None) -> TensorDict:
+        """:meth:`forward`'s new state (the sLSTM's recurrence reads its outputs: no shortcut)."""
+        return self(x, state, reset)[1]
+
     def step(self, x: Tensor, state: TensorDict, reset: Tensor | None
              ) -> tuple[Tensor, TensorDict]:
         """``x [B, dim]`` -> ``[B, dim]``; ``reset [B]``."""

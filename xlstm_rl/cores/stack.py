@@ -50,6 +50,20 @@ class XLSTMCore(MemoryCore):
                 ) -> tuple[Tensor, TensorDict]:
         return self._run(x, state, reset, step=False)
 
+    def advance(self, x: Tensor, state: TensorDict | None = None, reset: Tensor | None = None
+                ) -> TensorDict:
+        """``forward``'s new state: every block but the last as in ``forward``, the last by its
+        ``advance`` (an mLSTM block then skips its read-out and output path), no final norm."""
+        self._check_input(x, reset, step=False)
+        state = self._state_or_zero(state, x)
+        y, new, blocks = self.proj(x), {}, self._blocks()
+        for j, block in enumerate(blocks):
+            if j == len(blocks) - 1:
+                new[f"block{j}"] = block.advance(y, state[f"block{j}"], reset)
+            else:
+                y, new[f"block{j}"] = block(y, state[f"block{j}"], reset)
+        return TensorDict(new, batch_size=state.batch_size)
+
     def step(self, x: Tensor, state: TensorDict | None = None, reset: Tensor | None = None,
              *, overwrite_state: bool = False) -> tuple[Tensor, TensorDict]:
         if fast_step_ok(x, self.cfg.backend):

@@ -69,6 +69,11 @@ class Torso(nn.Module):
             return self.core.step(x, state, reset, overwrite_state=overwrite_state)
         return self.core(x, state, reset)
 
+    def advance(self, obs: Obs, state: TensorDict, reset: Tensor | None) -> TensorDict:
+        """The state after a sequence ``obs [B, T, ...]`` (the core's ``advance``: no
+        features)."""
+        return self.core.advance(self.encoder(obs), state, reset)
+
 
 class ActorCritic(nn.Module):
     """Recurrent policy and value networks for one observation / action space pair.
