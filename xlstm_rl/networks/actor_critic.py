@@ -196,7 +196,10 @@ class ActorCritic(nn.Module):
         T = reset.shape[1]
         starts = [state]
         for t0 in range(0, T - seq_len, seq_len):
-            chunk = obs[:, t0:t0 + seq_len]
-            _, _, state = self._run(chunk, state, reset[:, t0:t0 + seq_len], step=False)
+            chunk, chunk_reset = obs[:, t0:t0 + seq_len], reset[:, t0:t0 + seq_len]
+            new = {"policy": self.torso.advance(chunk, state["policy"], chunk_reset)}
+            if self.value_torso is not None:
+                new["value"] = self.value_torso.advance(chunk, state["value"], chunk_reset)
+            state = TensorDict(new, batch_size=state.batch_size)
             starts.append(state)
         return torch.stack(starts, dim=1)
