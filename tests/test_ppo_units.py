@@ -351,3 +351,4 @@ def test_bench_ppo_writes_json(tmp_path):
     saved = yaml.safe_load((tmp_path / "bench.json").read_text())
     assert saved["results"].keys() == {"mlp", "lstm"} and out["relative_to_mlp"]["mlp"] == 1.0
     assert all(r["sps"] > 0 for r in saved["results"].values())
+    assert saved["config"]["cpu_kernels"]  # how the compiled kernels were built, or why not

@@ -157,3 +157,20 @@ def test_multidiscrete_is_a_flat_product_that_round_trips():
     assert all(space.contains(a) for a in actions)
     assert torch.equal(net.from_env(actions), index)
     assert math.prod(space.nvec) == len({tuple(a) for a in actions})
+
+
+def test_bench_r2d2_times_every_core_side_by_side(tmp_path):
+    import json
+
+    from xlstm_rl.agents.r2d2.bench import bench_r2d2
+
+    out = bench_r2d2(tmp_path / "bench.json", cores=("mlp", "lstm", "mlstm"), hidden_size=8,
+                     batch_size=4, burn_in=3, trace_len=5, num_envs=2, actor_steps=3,
+                     repeats=1)
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["results"].keys() == {"mlp", "lstm", "mlstm"}
+    assert all(r["learner_update_s"] > 0 and r["actor_sps"] > 0
+               for r in saved["results"].values())
+    assert 0 < out["ratios"]["mlstm_over_lstm_learner_time"] < math.inf
+    assert 0 < out["ratios"]["mlstm_over_mlp_actor_sps"] < math.inf
+    assert saved["config"]["cpu_kernels"]  # how the compiled kernels were built, or why not

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from xlstm_rl.kernels import cpu as cpu_kernels
 from xlstm_rl.schema import EnvConfig, ModelConfig
 
 from .config import PPOConfig
@@ -124,7 +125,8 @@ def bench_ppo(out_path: str | Path | None,
                    "model": model, "core_overrides": _CORE_OVERRIDES, "iterations": iterations,
                    "device": device,
                    "torch_threads": num_threads or threads, "torch": torch.__version__,
-                   "machine": platform.machine(), "seconds": time.perf_counter() - start},
+                   "machine": platform.machine(), "cpu_kernels": cpu_kernels.why_unavailable(),
+                   "seconds": time.perf_counter() - start},
         "results": results,
     }
     if "mlp" in results:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
+from xlstm_rl.kernels import cpu as cpu_kernels
 from xlstm_rl.kernels.timing import time_side_by_side
 from xlstm_rl.schema import EnvConfig, ModelConfig
 
@@ -131,7 +132,8 @@ def bench_r2d2(out_path: str | Path | None,
                       "env_id": env_id, "num_envs": num_envs, "actor_steps": actor_steps,
                       "repeats": repeats, "device": device,
                       "torch_threads": num_threads or threads, "torch": torch.__version__,
-                      "machine": platform.machine(), "seconds": time.perf_counter() - start},
+                      "machine": platform.machine(), "cpu_kernels": cpu_kernels.why_unavailable(),
+                      "seconds": time.perf_counter() - start},
            "results": results, "ratios": ratios}
     if out_path is not None:
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
