@@ -222,22 +222,41 @@ TRAIN_PROBE = (
     " max((a - b).abs().max().item() for a, b in zip(fast, slow)) < 1e-5)")
 
 
-def _mapped_openmp_runtimes() -> set[str]:
-    with open("/proc/self/maps", encoding="utf-8") as maps:
-        return {line.split()[-1] for line in maps if "/libgomp" in line}
-
-
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc")
 def test_the_library_runs_on_torchs_openmp_threads() -> None:
     """Built with OpenMP, the library maps no second runtime: its threads are torch's workers
     (threads of its own competed with them for the cores, kernels/cpu/kernels.c)."""
+    from xlstm_rl.kernels.cpu.build import openmp_runtimes
+
     torch.ones(64, 64) @ torch.ones(64, 64)  # torch's OpenMP runtime is loaded
-    torch_runtimes = _mapped_openmp_runtimes()
-    if len(torch_runtimes) != 1:
+    torch_runtimes = openmp_runtimes()
+    if len(torch_runtimes) != 1 or "libgomp" not in next(iter(torch_runtimes)):
         pytest.skip(f"this torch maps no single GNU OpenMP runtime: {torch_runtimes}")
     assert cpu_kernels.uses_openmp(), cpu_kernels.why_unavailable()
     assert "-fopenmp" in cpu_kernels.why_unavailable()
-    assert _mapped_openmp_runtimes() == torch_runtimes
+    assert openmp_runtimes() == torch_runtimes
+
+
+def test_threads_of_a_second_openmp_runtime_count_as_threads_of_its_own(monkeypatch) -> None:
+    """Were the library's runtime not torch's, its threads would compete with torch's: small
+    calls then stay on one thread, as with POSIX threads."""
+    from xlstm_rl.kernels.cpu import build
+    from xlstm_rl.kernels.cpu.mlstm_cell import threads_for
+
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        build._STATE.pop("openmp", None)
+        two = {"/a/libgomp.so.1", "/b/libiomp5.so"}
+        monkeypatch.setattr(build, "openmp_runtimes", lambda: two)
+        assert not build.uses_openmp() and threads_for(1024) == 1
+        build._STATE.pop("openmp", None)
+        monkeypatch.setattr(build, "openmp_runtimes", lambda: {"/a/libgomp.so.1"})
+        lib = build.load_library()
+        assert lib is not None and build.uses_openmp() == bool(lib.xlstm_cpu_kernels_openmp())
+    finally:
+        build._STATE.pop("openmp", None)
+        torch.set_num_threads(torch_threads)
 
 
 def test_a_compiler_without_openmp_gets_posix_threads(tmp_path: Path) -> None:

@@ -190,11 +190,28 @@ def function(name: str, argtypes: list, restype: object = None):  # noqa: ANN201
     return _STATE[key]
 
 
+_OPENMP_RUNTIMES = ("libgomp", "libiomp", "libomp")
+
+
+def openmp_runtimes() -> set[str]:
+    """Paths of the OpenMP runtimes mapped into this process (Linux's ``/proc/self/maps``;
+    empty where that cannot be read)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            paths = {line.split()[-1] for line in maps if "omp" in line}
+    except OSError:
+        return set()
+    return {p for p in paths if os.path.basename(p).startswith(_OPENMP_RUNTIMES)}
+
+
 def uses_openmp() -> bool:
-    """True when the loaded library runs its threads on the process's OpenMP runtime."""
+    """True when the loaded library runs its threads on torch's OpenMP workers: it was built
+    with OpenMP and the process maps a single OpenMP runtime (a torch built with another
+    runtime, e.g. Intel's, would leave two sets of threads competing for the cores)."""
     if "openmp" not in _STATE:  # asked per kernel call: once per load
         lib = load_library()
-        _STATE["openmp"] = lib is not None and bool(lib.xlstm_cpu_kernels_openmp())
+        _STATE["openmp"] = (lib is not None and bool(lib.xlstm_cpu_kernels_openmp())
+                            and len(openmp_runtimes()) == 1)
     return bool(_STATE["openmp"])
 
 
