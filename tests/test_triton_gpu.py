@@ -127,3 +127,16 @@ def test_slstm_step_and_sequence() -> None:
     gr = torch.autograd.grad((hr ** 2).sum(), ref_leaves)
     assert rel_err(h, hr) <= 1e-4
     assert all(rel_err(a, b) <= 1e-4 for a, b in zip(gt, gr))
+
+
+def test_final_state_matches_reference_on_cuda() -> None:
+    """R2D2's burn-in state (``mlstm_final_state``, plain torch ops) over a long sequence."""
+    from xlstm_rl.kernels.reference import mlstm_final_state
+
+    xs, reset = _inputs(2, 2, 1000, 64, 64, torch.float32, resets=True)
+    _, want = mlstm_chunkwise_reference(*xs[:5], state=tuple(xs[5:]), reset=reset,
+                                        chunk_size=64)
+    got = mlstm_final_state(*(x.float() for x in xs[1:5]), state=tuple(x.float() for x in xs[5:]),
+                            reset=reset)
+    for name, a, b in zip("Cnm", got, want):
+        assert rel_err(a, b) <= TOL[torch.float32], name
