@@ -33,7 +33,8 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
 
 
-def _inputs(B, H, S, dk, dv, dtype, *, resets: bool, seed: int = 0) -> tuple[list, object]:
+def _inputs(B, H, S, dk, dv, dtype, *, resets: bool, seed: int = 0
+            ) -> tuple[list, torch.Tensor | None]:
     """Float64 inputs (q, k, v rounded to ``dtype``) on CUDA, initial state, optional resets."""
     g = torch.Generator().manual_seed(seed)
 
