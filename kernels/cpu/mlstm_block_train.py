@@ -238,17 +238,19 @@ def _dense(up: Tensor, window: Tensor, reset: Tensor | None
 def mlstm_block_pre(up: Tensor, window: Tensor, reset: Tensor | None,
                     weights: dict[str, Tensor], heads: int
                     ) -> tuple[Tensor, Tensor, Tensor] | None:
-    """The block's pre part alone (conv, SiLU, q/k/v maps, gates), without autograd: what the
-    cell's state needs (``MLSTMBlock.advance``).
+    """The block's pre part alone (conv, SiLU, q/k/v maps, gates): what the cell's state needs
+    (``MLSTMBlock.advance``). It has no backward.
 
     Args:
         up, window, reset, weights, heads: as :func:`mlstm_block_forward`.
 
     Returns:
         ``qkv [B, T, 3 * inner]`` (q, k, v), ``gates [B, T, 2H]`` (i, f) and the new conv
-        window, or None when the kernels cannot take these tensors.
+        window, or None when the kernels cannot take these tensors or a gradient is wanted.
     """
-    if not _runnable((up, window, *weights.values()), weights):
+    tensors = (up, window, *weights.values())
+    if (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+            or not _runnable(tensors, weights)):
         return None
     up, window, reset = _dense(up, window, reset)
     _, outs = _pre(up, window, reset, weights, heads, 0.0)

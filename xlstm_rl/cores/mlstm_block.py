@@ -68,6 +68,11 @@ class MLSTMBlock(nn.Module):
         return TensorDict({"C": z(H, D, D), "n": z(H, D), "m": z(H),
                            "conv": z(*self.conv.window_shape())}, batch_size=[batch_size])
 
+    def _compiled_cpu(self, x: Tensor) -> bool:
+        """Whether the compiled CPU kernels may run this block on ``x`` (they decline, with
+        None, tensors they cannot take)."""
+        return x.device.type == "cpu" and resolve_backend(self.backend, x.device) == "reference"
+
     def _heads(self, x: Tensor) -> Tensor:
         """``[..., inner]`` -> ``[..., H, Dh]``."""
         return x.unflatten(-1, (self.heads, self.head_dim))
@@ -91,7 +96,7 @@ class MLSTMBlock(nn.Module):
         PyTorch ops below, which define it.
         """
         up = self.up(self.norm(x))
-        if x.device.type == "cpu" and resolve_backend(self.backend, x.device) == "reference":
+        if self._compiled_cpu(x):
             fused = mlstm_block_forward(up, state["conv"], reset, self._kernel_weights(),
                                         [state["C"], state["n"], state["m"]], self.heads,
                                         self.cell_norm.eps)
@@ -119,10 +124,8 @@ class MLSTMBlock(nn.Module):
         compiled pre part gives k, v and the gates.
         """
         up = self.up(self.norm(x))
-        grad = torch.is_grad_enabled() and (
-            x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        pre = None if grad or x.device.type != "cpu" else mlstm_block_pre(
-            up, state["conv"], reset, self._kernel_weights(), self.heads)
+        pre = mlstm_block_pre(up, state["conv"], reset, self._kernel_weights(),
+                              self.heads) if self._compiled_cpu(x) else None
         if pre is not None:
             qkv, gates, window = pre
             inner, H = self.inner, self.heads
