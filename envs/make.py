@@ -14,26 +14,17 @@ from gymnasium import error as gym_error
 from gymnasium.envs.registration import find_highest_version, parse_env_id
 from gymnasium.vector import AutoresetMode
 
+# the ids and their registration live in a module without gymnasium or torch, so that
+# `import xlstm_rl` can register them; re-exported here (and by xlstm_rl.envs)
+from xlstm_rl.env_ids import DELAYED_RECALL_ID as DELAYED_RECALL_ID
+from xlstm_rl.env_ids import POSITION_ONLY_CARTPOLE_ID as POSITION_ONLY_CARTPOLE_ID
+from xlstm_rl.env_ids import TASK_IDS as TASK_IDS
+from xlstm_rl.env_ids import TMAZE_ID as TMAZE_ID
+from xlstm_rl.env_ids import VELOCITY_ONLY_CARTPOLE_ID as VELOCITY_ONLY_CARTPOLE_ID
+from xlstm_rl.env_ids import register_tasks
 from xlstm_rl.suggest import close_matches
 from xlstm_rl.envs.wrappers import (ImportNotAllowedError, WrapperSpec, apply_wrappers,
                                     resolve_wrapper)
-
-TMAZE_ID = "xlstm_rl/TMaze-v0"
-DELAYED_RECALL_ID = "xlstm_rl/DelayedRecall-v0"
-POSITION_ONLY_CARTPOLE_ID = "xlstm_rl/PositionOnlyCartPole-v0"
-VELOCITY_ONLY_CARTPOLE_ID = "xlstm_rl/VelocityOnlyCartPole-v0"
-
-# id -> keyword arguments of gymnasium.register
-_TASKS: dict[str, dict[str, Any]] = {
-    TMAZE_ID: {"entry_point": "xlstm_rl.envs.tmaze:TMazeEnv", "reward_threshold": 1.0},
-    DELAYED_RECALL_ID: {"entry_point": "xlstm_rl.envs.recall:DelayedRecallEnv",
-                        "reward_threshold": 1.0},
-    POSITION_ONLY_CARTPOLE_ID: {"entry_point": "xlstm_rl.envs.cartpole:make_position_only_cartpole",
-                                "max_episode_steps": 500, "reward_threshold": 475.0},
-    VELOCITY_ONLY_CARTPOLE_ID: {"entry_point": "xlstm_rl.envs.cartpole:make_velocity_only_cartpole",
-                                "max_episode_steps": 500, "reward_threshold": 475.0},
-}
-TASK_IDS: tuple[str, ...] = tuple(_TASKS)
 
 LOADER_IDS = frozenset({"GymV21Environment-v0", "GymV26Environment-v0"})
 """Registered ids whose kwargs name other environments to import; refused without imports."""
@@ -45,15 +36,13 @@ _AUTORESET_MODES = {"same_step": AutoresetMode.SAME_STEP, "next_step": Autoreset
 def register_envs() -> tuple[str, ...]:
     """Registers the xlstm_rl tasks with gymnasium; ids already registered are left alone.
 
-    Called on ``import xlstm_rl.envs``; calling it again is harmless.
+    Called on ``import xlstm_rl.envs`` (and, without importing gymnasium, by ``import
+    xlstm_rl``: see :mod:`xlstm_rl.env_ids`); calling it again is harmless.
 
     Returns:
         The task ids.
     """
-    for env_id, spec_kwargs in _TASKS.items():
-        if env_id not in gym.registry:
-            gym.register(id=env_id, **spec_kwargs)
-    return TASK_IDS
+    return register_tasks()
 
 
 def _is_known(env_name: str) -> bool:

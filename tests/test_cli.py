@@ -185,9 +185,10 @@ def test_interrupt_then_resume_equals_uninterrupted_run(trained, tmp_path, monke
 def test_sigterm_checkpoints_and_exits_143(tmp_path, monkeypatch) -> None:
     run = tmp_path / "term"
     _interrupt_after(monkeypatch, 1, signal.SIGTERM)
+    found = signal.getsignal(signal.SIGTERM)  # SIG_DFL, or what pytest was started with
     assert main(["train", *TINY, "--run-dir", str(run)]) == 143
     assert (run / "checkpoints" / "latest.safetensors").is_file()
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handler restored
+    assert signal.getsignal(signal.SIGTERM) == found  # handler restored
 
 
 # ------------------------------------------------------------------ user errors

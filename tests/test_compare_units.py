@@ -9,6 +9,8 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -19,7 +21,7 @@ from xlstm_rl.compare.matrix import Cell, build_matrix
 from xlstm_rl.compare.presets import ALL_CORES, PRESETS, TASKS, Preset, TaskPlan
 from xlstm_rl.compare.report import render_markdown, write_report
 from xlstm_rl.compare.rows import build_row, write_row
-from xlstm_rl.compare.runner import cell_action, run_cells
+from xlstm_rl.compare.runner import RunSummary, cell_action, run_cells
 from xlstm_rl.compare.stats import bootstrap_ci, iqm, mean
 from xlstm_rl.config import packaged_configs
 from xlstm_rl.errors import UserError
@@ -136,19 +138,39 @@ def test_cell_action_skips_finished_resumes_interrupted_restarts_failed(tmp_path
 
 CHILD = """
 import signal, sys, time
+print('sigint default', signal.getsignal(signal.SIGINT) is signal.default_int_handler)
 signal.signal(signal.SIGINT, lambda *a: sys.exit(130))
 print('started', flush=True)
 time.sleep(60)
 """
 
 
-def test_ctrl_c_stops_the_children_and_keeps_no_row(tmp_path, monkeypatch) -> None:
-    """SIGINT to the runner is forwarded once to each child (which exits 130 as training
-    does after writing its checkpoint); no row is written and the wall time is kept."""
+@pytest.fixture
+def inherited_sigint(request) -> Iterator[Any]:
+    """SIGINT's disposition as the runner inherits it (``request.param``), whatever pytest was
+    started with (``make test &`` from a script, CI); SIGINT's and SIGTERM's are put back after.
+
+    SIGTERM gets a handler that does nothing, so that a SIGTERM the runner failed to handle
+    fails the test instead of killing pytest."""
+    found = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, request.param)
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    yield request.param
+    for signum, handler in found.items():
+        if handler is not None:  # None: installed outside Python, never changed here
+            signal.signal(signum, handler)
+
+
+def _run_interrupted(tmp_path, monkeypatch, signums: list[int]
+                     ) -> tuple[RunSummary, list[str], list[str], list[Cell]]:
+    """Runs three cells two at a time with :data:`CHILD`; once both started, sends ``signums``
+    to this process a second apart. Returns the summary, the lines echoed, the lines echoed
+    before the last signal, and the cells."""
     monkeypatch.setattr(Cell, "train_argv", lambda self, run_dir, resume:
                         [sys.executable, "-c", CHILD])
     cells = [_cell(seed=0), _cell(seed=1), _cell(seed=2)]
     lines: list[str] = []
+    before_last: list[str] = []
 
     def interrupt() -> None:
         for _ in range(200):
@@ -156,19 +178,55 @@ def test_ctrl_c_stops_the_children_and_keeps_no_row(tmp_path, monkeypatch) -> No
             if all(p.is_file() and "started" in p.read_text() for p in logs):
                 break
             threading.Event().wait(0.05)
-        os.kill(os.getpid(), signal.SIGINT)
+        for i, signum in enumerate(signums):
+            if i:
+                threading.Event().wait(1.0)  # several polls of the runner
+            before_last[:] = lines
+            os.kill(os.getpid(), signum)
 
     timer = threading.Thread(target=interrupt)
     timer.start()
     summary = run_cells(cells, tmp_path, jobs=2, echo=lines.append)
     timer.join()
+    return summary, lines, before_last, cells
+
+
+def _assert_stopped_without_rows(tmp_path, summary: RunSummary, lines: list[str],
+                                 cells: list[Cell]) -> None:
     assert summary.interrupted and not summary.ran and not summary.failed
     assert sorted(lines) == [f"interrupted: {c.id}" for c in cells[:2]]
     assert not (tmp_path / "results").exists()
     assert not (tmp_path / "cells" / cells[2].id).exists()  # never started
     assert float((tmp_path / "cells" / cells[0].id / "wall.json").read_text()) > 0
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    for cell in cells[:2]:  # the cells start with SIGINT's default action, whatever compare's
+        assert "sigint default True" in (tmp_path / "cells" / cell.id / "train.log").read_text()
+
+
+@pytest.mark.parametrize("inherited_sigint", [signal.default_int_handler], indirect=True)
+def test_ctrl_c_stops_the_children_and_keeps_no_row(tmp_path, monkeypatch,
+                                                    inherited_sigint) -> None:
+    """SIGINT to the runner is forwarded once to each child (which exits 130 as training
+    does after writing its checkpoint); no row is written and the wall time is kept."""
+    term = signal.getsignal(signal.SIGTERM)
+    summary, lines, _, cells = _run_interrupted(tmp_path, monkeypatch, [signal.SIGINT])
+    _assert_stopped_without_rows(tmp_path, summary, lines, cells)
+    assert signal.getsignal(signal.SIGINT) is inherited_sigint  # restored as found
+    assert signal.getsignal(signal.SIGTERM) is term
     assert runner_module.STOP_GRACE_S > 0
+
+
+@pytest.mark.parametrize("inherited_sigint", [signal.SIG_IGN], indirect=True)
+def test_an_inherited_ignored_sigint_stays_ignored_and_sigterm_stops(tmp_path, monkeypatch,
+                                                                     inherited_sigint) -> None:
+    """Started with SIGINT ignored, the runner ignores Ctrl-C (nothing is forwarded, no cell
+    ends) and SIGTERM still stops every cell; SIGINT is ignored again afterwards."""
+    term = signal.getsignal(signal.SIGTERM)
+    summary, lines, before_term, cells = _run_interrupted(
+        tmp_path, monkeypatch, [signal.SIGINT, signal.SIGTERM])
+    assert before_term == []  # the SIGINT a second before stopped nothing
+    _assert_stopped_without_rows(tmp_path, summary, lines, cells)
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is term
 
 
 # ------------------------------------------------------------------ report

@@ -32,6 +32,10 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class StopFlag:
     """Turns SIGINT / SIGTERM into a flag the run loop polls every env step (main thread only).
 
+    Installed whatever disposition SIGINT was inherited with, an ignored one included: a run
+    started in the background still stops with a checkpoint on an explicit SIGINT (which is
+    how ``compare`` stops its cells). On exit the handlers found are put back.
+
     Attributes:
         signum: The signal received (None: none yet).
         received_at: ``time.monotonic()`` when it arrived.
@@ -54,7 +58,9 @@ class StopFlag:
     def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
             for sig in _SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                previous = signal.signal(sig, self._handle)
+                # None: a handler installed outside Python, which cannot be put back
+                self._previous[sig] = signal.SIG_DFL if previous is None else previous
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -13,7 +13,8 @@ from its latest checkpoint (``train --resume``); failed cells and cells without 
 directory start afresh. Ctrl-C (or SIGTERM) asks every running cell to stop, which writes its
 checkpoint (a second Ctrl-C kills them at once); no row is written for an interrupted cell.
 Each child runs in its own session, so the terminal's Ctrl-C reaches only this process,
-which forwards it once.
+which forwards it once. Started with SIGINT ignored (``compare ... &`` from a script), compare
+keeps ignoring it and SIGTERM is the way to stop it; the handlers found are restored at the end.
 """
 from __future__ import annotations
 
@@ -145,7 +146,15 @@ def _finish(out: Path, run: _Running, stopping: bool) -> tuple[str, str | None]:
 
 
 class _StopSignals:
-    """Turns SIGINT / SIGTERM into a counter while the matrix runs (main thread only)."""
+    """Turns SIGINT / SIGTERM into a counter while the matrix runs (main thread only).
+
+    A SIGINT inherited as ignored (a job started with ``&`` by a non-interactive shell, some CI
+    runners) stays ignored: whoever started compare said Ctrl-C is not for it. Compare then
+    drops SIGINT with a handler of its own rather than leaving it ignored, so that the cells,
+    which otherwise would inherit the ignored SIGINT through exec, start with its default
+    action, as they do under a terminal. SIGTERM is always acted on. On exit the handlers found
+    are put back exactly.
+    """
 
     def __init__(self) -> None:
         self.count = 0
@@ -153,14 +162,21 @@ class _StopSignals:
 
     def __enter__(self) -> _StopSignals:
         for signum in (signal.SIGINT, signal.SIGTERM):
+            found = signal.getsignal(signum)
+            ignored = signum == signal.SIGINT and found == signal.SIG_IGN
             try:
-                self._previous[signum] = signal.signal(signum, self._handle)
+                signal.signal(signum, self._drop if ignored else self._handle)
             except ValueError:  # not the main thread: Ctrl-C stays with the caller
-                pass
+                continue
+            # None: a handler installed outside Python, which cannot be put back
+            self._previous[signum] = signal.SIG_DFL if found is None else found
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.count += 1
+
+    def _drop(self, signum: int, frame: Any) -> None:
+        """An ignored SIGINT (see the class docstring)."""
 
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
