@@ -277,8 +277,12 @@ def _plain_values_only(tree):
 
 def safetensors_round_trip(tree, path):
     """Saves a trainer state dict with safetensors (python ints / floats as 0-d int64 / float64
-    tensors, strings as metadata; empty dicts vanish) and loads it back, as a checkpoint would."""
-    from safetensors.torch import load_file, save_file
+    tensors, strings as metadata; empty dicts vanish) and loads it back, as a checkpoint would
+    (through :func:`~xlstm_rl.checkpoint.load_tensors`: safetensors alone hands out tensors off
+    64-byte boundaries, where MKL's matmul rounds differently)."""
+    from safetensors.torch import save_file
+
+    from xlstm_rl.checkpoint import load_tensors
 
     tensors, meta = {}, {}
 
@@ -297,7 +301,7 @@ def safetensors_round_trip(tree, path):
     flatten(tree, "")
     save_file(tensors, str(path), metadata=meta)
     out: dict = {}
-    for name, value in [*load_file(str(path)).items(), *meta.items()]:
+    for name, value in [*load_tensors(path).items(), *meta.items()]:
         *parents, leaf = name.split("/")
         node = out
         for part in parents:

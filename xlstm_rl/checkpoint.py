@@ -308,9 +308,35 @@ def _checked_digest(path: Path, meta: dict[str, str], tensors: dict[str, torch.T
                               f"checksum{changed}")
 
 
+def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, each copied into a fresh torch allocation (CPU).
+
+    safetensors hands out tensors over the file's bytes, wherever its header left them (8, 20,
+    32, ... bytes past a 64-byte boundary). torch's CPU matmul runs on MKL's sgemm, whose
+    low-order bits depend on the memory alignment of its inputs, so a resumed run fed such
+    tensors (the carried observation and recurrent state) would drift from the run it
+    continues. torch's CPU allocator aligns every allocation to 64 bytes. One copy per tensor,
+    the file's view of each dropped as soon as it is copied.
+
+    Args:
+        path: A safetensors file.
+
+    Returns:
+        The tensors by name.
+
+    Raises:
+        Exception: Whatever safetensors raises for a file it cannot read.
+    """
+    loaded = load_file(str(path), device="cpu")
+    return {key: loaded.pop(key).clone() for key in list(loaded)}
+
+
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu"
                     ) -> Checkpoint:
     """Loads a checkpoint written by :func:`save_checkpoint`; runs no code from the file.
+
+    Its tensors (and numpy arrays) are in memory of their own, 64-byte aligned (see
+    :func:`load_tensors`).
 
     Args:
         path: The checkpoint file.
@@ -326,7 +352,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     path = Path(path)
     meta = read_header(path)["__metadata__"]
     try:
-        tensors = load_file(str(path), device="cpu")
+        tensors = load_tensors(path)
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"{path} is corrupted: {str(exc).splitlines()[0][:120]}") from exc
     fields = {key: _json_meta(meta, key, path) for key in ("structure", "config", "spaces",

@@ -51,12 +51,15 @@ class ObsNormalizer:
         return np.clip((x.astype(np.float32) - mean) / std, -self.clip, self.clip)
 
     def __call__(self, obs: Any, update: bool = False) -> Any:
-        """Normalizes a batch given as a tensor (returns a float32 tensor on its device) or as
-        numpy (returns numpy)."""
+        """Normalizes a batch given as a tensor (returns a float32 tensor on its device, in its
+        own memory: see :func:`~xlstm_rl.networks.encoders.owned_tensor`) or as numpy (returns
+        numpy)."""
         import torch
 
+        from xlstm_rl.networks.encoders import owned_tensor
+
         if isinstance(obs, torch.Tensor):
-            return torch.from_numpy(self.normalize(obs, update)).to(obs.device)
+            return owned_tensor(self.normalize(obs, update), device=obs.device)
         return self.normalize(obs, update)
 
     def state_dict(self) -> dict[str, Any]:

@@ -114,11 +114,13 @@ class Policy:
             ``(actions, state)``: actions as a numpy batch for ``VectorEnv.step`` (take
             ``actions[0]`` for a single env) and the new recurrent state.
         """
+        from xlstm_rl.networks.encoders import owned_tensor
+
         x = self._obs(obs)
         n = int(x.shape[0]) if isinstance(x, torch.Tensor) else int(x.batch_size[0])
         state = self.initial_state(n) if state is None else state
         flags = torch.zeros(n, dtype=torch.bool, device=self.device) if reset is None else (
-            torch.as_tensor(np.asarray(reset, dtype=bool).reshape(n), device=self.device))
+            owned_tensor(np.asarray(reset, dtype=bool).reshape(n), device=self.device))
         network = cast(_ActingNetwork, self.network)
         return network.act_env(x, state, flags, deterministic=deterministic)
 

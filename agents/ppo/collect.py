@@ -25,6 +25,7 @@ from xlstm_rl.acting import EnvStepper, EpisodeStats
 from xlstm_rl.errors import StopRequested
 from xlstm_rl.networks import ActorCritic, obs_to_torch
 from xlstm_rl.networks.actor_critic import Sampler
+from xlstm_rl.networks.encoders import owned_tensor
 from xlstm_rl.obs_norm import ObsNormalizer
 from xlstm_rl.trainer import StopCheck
 
@@ -121,7 +122,7 @@ class RolloutCollector:
             stats.successes += ended.successes
 
         def as_t(x: np.ndarray, dtype: torch.dtype) -> Tensor:
-            return torch.as_tensor(x, dtype=dtype, device=self.device)
+            return owned_tensor(x, dtype, self.device)
 
         record = {"obs": obs, "action": action, "log_prob": log_prob, "value": value,
                   "reward": as_t(result.reward, torch.float32) * self.reward_scale,

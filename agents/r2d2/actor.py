@@ -15,7 +15,7 @@ from tensordict import TensorDict
 from xlstm_rl.acting import EnvStepper, EpisodeStats
 from xlstm_rl.cores.base import clear_rows
 from xlstm_rl.networks import obs_to_torch
-from xlstm_rl.networks.encoders import Obs
+from xlstm_rl.networks.encoders import Obs, owned_tensor
 
 from .config import R2D2Config
 from .networks import R2D2Network
@@ -76,7 +76,7 @@ class Actor:
         """
         st, n = self.stepper, self.stepper.num_envs
         obs = self._torch(st.obs)
-        reset = torch.as_tensor(st.reset_flags, dtype=torch.bool)
+        reset = owned_tensor(st.reset_flags, torch.bool)
         state = clear_rows(st.state, reset.to(self.device))
         self.cutter.observe(obs.cpu(), state.cpu(), reset)
         q, new_state = self.network.step(obs, state, reset.to(self.device))
@@ -91,9 +91,9 @@ class Actor:
                                  {k: np.asarray(v)[None] for k, v in o.items()},
                                  self.space, "cpu")[0]
                  for i, o in result.final_obs.items()}
-        return self.cutter.step(obs.cpu(), action, torch.as_tensor(result.reward),
-                                torch.as_tensor(result.terminated),
-                                torch.as_tensor(result.truncated), next_obs, final)
+        return self.cutter.step(obs.cpu(), action, owned_tensor(result.reward),
+                                owned_tensor(result.terminated),
+                                owned_tensor(result.truncated), next_obs, final)
 
     def take_episode_stats(self) -> EpisodeStats:
         """Episodes that ended since the last call."""

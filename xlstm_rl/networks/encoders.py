@@ -34,6 +34,28 @@ def is_image(space: spaces.Space) -> bool:
     return isinstance(space, spaces.Box) and len(space.shape) == 3
 
 
+def owned_tensor(data: Any, dtype: torch.dtype | None = None,
+                 device: torch.device | str = "cpu") -> Tensor:
+    """``data`` (a numpy array, usually from an env) copied into a fresh torch allocation.
+
+    Never shares numpy's buffer (as ``torch.as_tensor`` / ``torch.from_numpy`` would): torch's
+    CPU allocator aligns every allocation to 64 bytes, numpy's buffers only to 16, at addresses
+    that depend on the heap's history. torch's CPU matmul runs on MKL's sgemm, whose low-order
+    bits depend on the alignment of its inputs (its conditional numerical reproducibility
+    needs 64 bytes on AVX-512), so a network fed numpy's buffers could give two identical runs
+    -- or a resumed run and the one it continues -- different results.
+
+    Args:
+        data: Array (or anything ``torch.tensor`` takes).
+        dtype: Result dtype (default: the array's).
+        device: Result device.
+
+    Returns:
+        A tensor owning its memory.
+    """
+    return torch.tensor(data, dtype=dtype, device=device)
+
+
 def obs_to_torch(obs: Any, space: spaces.Space, device: torch.device | str = "cpu") -> Obs:
     """Converts a batched numpy observation of ``space`` to a tensor (or TensorDict).
 
@@ -44,7 +66,8 @@ def obs_to_torch(obs: Any, space: spaces.Space, device: torch.device | str = "cp
 
     Returns:
         A tensor ``[B, ...]`` (float32 for Box, int64 for Discrete / MultiDiscrete, uint8 kept
-        for images), or a TensorDict with batch ``[B]`` for composite spaces.
+        for images) in its own memory (see :func:`owned_tensor`), or a TensorDict with batch
+        ``[B]`` for composite spaces.
     """
     if isinstance(space, (spaces.Dict, spaces.Tuple)):
         subspaces: list[tuple[str | int, spaces.Space]] = (
@@ -55,10 +78,10 @@ def obs_to_torch(obs: Any, space: spaces.Space, device: torch.device | str = "cp
         return TensorDict(parts, batch_size=batch, device=device)
     arr = np.asarray(obs)
     if isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)):
-        return torch.as_tensor(arr.astype(np.int64), device=device)
+        return owned_tensor(arr.astype(np.int64, copy=False), device=device)
     if is_image(space) and space.dtype == np.uint8:
-        return torch.as_tensor(arr, device=device)
-    return torch.as_tensor(arr, dtype=torch.float32, device=device)
+        return owned_tensor(arr, device=device)
+    return owned_tensor(arr, torch.float32, device)
 
 
 class MLPEncoder(nn.Module):
