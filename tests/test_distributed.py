@@ -113,6 +113,51 @@ def test_two_node_launch_on_loopback(tmp_path) -> None:
     assert load_checkpoint(run / "checkpoints" / "latest.safetensors").extra["global_step"] == 64
 
 
+_RANK_TEARDOWN = """
+import json, os, sys
+from xlstm_rl.algorithms import get_algorithm
+from xlstm_rl.config import load_config
+from xlstm_rl.distributed import init_from_environment, shutdown
+
+def group_threads():  # the native threads of torch.distributed: gloo's and the TCPStore's
+    names = [open(f"/proc/self/task/{t}/comm").read().strip()
+             for t in os.listdir("/proc/self/task")]
+    return sorted(n for n in names if n.startswith(("pt_gloo", "gloo", "pt_tcpstore")))
+
+ctx = init_from_environment("cpu")
+config = load_config(None, sys.argv[1:])[0]
+trainer = get_algorithm(config.algo).build_trainer(config)  # as xlstm-rl train builds it
+import torch.distributed.nn  # what any later import of torch._dynamo does, tensordict's included
+ctx.all_reduce_sum(__import__("torch").ones(3))
+before = group_threads()
+trainer.close()
+shutdown()
+print(json.dumps({"before": before, "after": group_threads()}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads Linux thread names")
+def test_shutdown_leaves_no_thread_of_the_group_running() -> None:
+    """After :func:`shutdown` no gloo or TCPStore thread may run: one that outlives the
+    interpreter now and then aborts the rank at exit (SIGABRT, "terminate called without an
+    active exception") although the run completed. Building the trainer imports
+    ``torch.distributed.nn``, whose defaults capture the default group unless imported first."""
+    port = free_port()
+    sets = [*_SETS.split(), "env.num_envs=2"]
+    procs = [subprocess.Popen([sys.executable, "-c", _RANK_TEARDOWN, *sets],
+                              env=dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank),
+                                       WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                                       MASTER_PORT=str(port), OMP_NUM_THREADS="1"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    for rank, proc in enumerate(procs):
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0 and "terminate called" not in err, (rank, err[-2000:])
+        threads = json.loads(out.strip().splitlines()[-1])
+        assert any(n.startswith("pt_gloo") for n in threads["before"]), threads  # seen at all
+        assert threads["after"] == [], (rank, threads)
+
+
 @pytest.mark.learning
 def test_two_ranks_learn_the_tmaze(tmp_path) -> None:
     run = tmp_path / "run"

@@ -5,6 +5,14 @@ Processes are launched by ``torchrun`` (or ``xlstm-rl train --nproc N``, which r
 sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous variables. The backend is gloo
 on CPU and NCCL on CUDA. Without those variables everything here is a no-op for one process,
 so single-process code paths pay nothing.
+
+Teardown: :func:`shutdown` must leave no thread of the group running. The group's native
+threads (gloo's two workers and its socket loop, rank 0's TCPStore server) are joined only when
+the group's last reference goes. If a reference survives ``destroy_process_group``, they are
+still running while the interpreter finalizes and ``exit`` tears the runtime down under them,
+and now and then a rank of a completed run aborts at exit ("terminate called without an active
+exception", SIGABRT; exit code 250 from ``--nproc``). Hence the import in
+:func:`init_from_environment`.
 """
 from __future__ import annotations
 
@@ -115,14 +123,41 @@ def init_from_environment(device: str = "cpu") -> DistContext:
     if backend == "nccl":
         torch.cuda.set_device(local)
     if not torch.distributed.is_initialized():
+        _import_group_defaults()
         torch.distributed.init_process_group(backend=backend)
     _CURRENT = DistContext(rank=rank, world_size=world, local_rank=local)
     return _CURRENT
 
 
-def shutdown() -> None:
-    """Leaves the process group (if any) and forgets the context."""
+def _import_group_defaults() -> None:
+    """Imports ``torch.distributed.nn`` while there is no default group yet.
+
+    Its functions declare ``group=group.WORLD`` as a default argument, evaluated once, at import.
+    Imported after ``init_process_group`` (tensordict's functorch wrappers import
+    ``torch._dynamo``, which imports it, while the trainer is built), ten function defaults hold
+    the default group until the process ends: ``destroy_process_group`` then forgets it without
+    freeing it, and its threads outlive the interpreter (the module docstring). Imported first,
+    the defaults are None, which the collectives read as "the default group".
+    """
+    import torch.distributed.nn  # noqa: F401
+
+
+def shutdown(graceful: bool = True) -> None:
+    """Leaves the process group (if any) and forgets the context.
+
+    Args:
+        graceful: Every rank reaches this point together (the run completed, or the ranks agreed
+            to stop): wait at a barrier first, so that the ranks close their connections only
+            once all are done with them (rank 0 ends with an evaluation of its own). False
+            when this rank leaves on an error: the others may be inside a collective that a
+            barrier would wrongly join, so leave at once.
+    """
     global _CURRENT
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if graceful and torch.distributed.get_world_size() > 1:
+            try:
+                torch.distributed.barrier()
+            except RuntimeError:  # a rank already left on an error: nobody left to wait for
+                pass
         torch.distributed.destroy_process_group()
     _CURRENT = DistContext()

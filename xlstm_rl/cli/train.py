@@ -164,20 +164,24 @@ def run_train(args: argparse.Namespace) -> int:
         _check_resumable(config, ckpt.config, resume_from)
     with StopFlag() as stop:
         dist = _join_process_group(config)
+        together = False  # until this rank leaves where every rank leaves (not on an error)
         try:
             trainer = _build_trainer(config)
             try:
                 dist.barrier()  # every rank has checked the run directory before rank 0 writes
                 if dist.any(stop.signum is not None):  # stopped while starting: nothing written
                     _say(dist, "interrupted before training started; nothing was written")
-                    return INTERRUPT_EXIT.get(stop.signum or 2, 130)
-                return _run(trainer, config, run_dir, ckpt, args, stop)
+                    code = INTERRUPT_EXIT.get(stop.signum or 2, 130)
+                else:
+                    code = _run(trainer, config, run_dir, ckpt, args, stop)
+                together = True
+                return code
             finally:
                 trainer.close()
         finally:
             from xlstm_rl.distributed import shutdown
 
-            shutdown()
+            shutdown(graceful=together)
 
 
 def _scale_out(args: argparse.Namespace) -> int | None:
