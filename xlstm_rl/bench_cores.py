@@ -18,6 +18,7 @@ from tensordict import TensorDict
 from xlstm_rl.cores import CORE_NAMES, MemoryCore, XLSTMCore, make_core
 from xlstm_rl.kernels import mlstm_chunkwise, mlstm_recurrent, mlstm_step, slstm_sequence
 from xlstm_rl.kernels import cpu as cpu_kernels
+from xlstm_rl.kernels.cpu.build import load_warning
 from xlstm_rl.kernels.reference import mlstm_step_reference
 from xlstm_rl.kernels.timing import time_side_by_side
 from xlstm_rl.kernels.reference.mlstm_step_fast import mlstm_step_nograd
@@ -140,6 +141,7 @@ def bench_cores(out_path: str | Path, device: str = "cpu") -> dict:
         "device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "cpu_kernels": cpu_kernels.why_unavailable(),
+        "cpu_kernels_warning": load_warning(),  # a fallback or dropped flags, else None
         "sequences_fwd_bwd": bench_sequences(dev),
         "steps": bench_steps(dev),
     }

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from xlstm_rl.kernels import cpu as cpu_kernels
+from xlstm_rl.kernels.cpu.build import load_warning
 from xlstm_rl.schema import EnvConfig, ModelConfig
 
 from .config import PPOConfig
@@ -126,6 +127,7 @@ def bench_ppo(out_path: str | Path | None,
                    "device": device,
                    "torch_threads": num_threads or threads, "torch": torch.__version__,
                    "machine": platform.machine(), "cpu_kernels": cpu_kernels.why_unavailable(),
+                   "cpu_kernels_warning": load_warning(),
                    "seconds": time.perf_counter() - start},
         "results": results,
     }

@@ -24,6 +24,7 @@ import torch
 from tensordict import TensorDict
 
 from xlstm_rl.kernels import cpu as cpu_kernels
+from xlstm_rl.kernels.cpu.build import load_warning
 from xlstm_rl.kernels.timing import time_side_by_side
 from xlstm_rl.schema import EnvConfig, ModelConfig
 
@@ -133,6 +134,7 @@ def bench_r2d2(out_path: str | Path | None,
                       "repeats": repeats, "device": device,
                       "torch_threads": num_threads or threads, "torch": torch.__version__,
                       "machine": platform.machine(), "cpu_kernels": cpu_kernels.why_unavailable(),
+                      "cpu_kernels_warning": load_warning(),
                       "seconds": time.perf_counter() - start},
            "results": results, "ratios": ratios}
     if out_path is not None:

@@ -121,6 +121,7 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
 #include "mlstm_sequence.h"
 #include "mlstm_sequence_bwd.h"
 #include "mlstm_block_train.h"
+#include "abi.h"
 #undef VEC
 #undef VEC_HALF
 #undef VEC_QUARTER
@@ -171,13 +172,11 @@ static int parallel_rows(row_task fn, const void *args, int64_t rows, int thread
 #include "mlstm_sequence.h"
 #include "mlstm_sequence_bwd.h"
 #include "mlstm_block_train.h"
+#include "abi.h"
 
 #endif
 
 #if !defined(XLSTM_PART) || XLSTM_PART == 32
-/* Bumped whenever a signature above changes, so a stale cached library is never called. */
-int xlstm_cpu_kernels_abi(void) { return 4; }
-
 /* 1 when built with OpenMP (parallel_rows runs on the process's OpenMP threads), else 0. */
 int xlstm_cpu_kernels_openmp(void)
 {
@@ -186,5 +185,24 @@ int xlstm_cpu_kernels_openmp(void)
 #else
     return 0;
 #endif
+}
+
+/* The two parts' tables (the other part may be another object file of the library). */
+size_t xlstm_cpu_kernels_abi_part_f32(char *buf, size_t cap, size_t at);
+size_t xlstm_cpu_kernels_abi_part_f64(char *buf, size_t cap, size_t at);
+int64_t xlstm_cpu_kernels_abi_table(char *buf, int64_t cap);
+
+ABI_COMMON_FUNCTIONS(ABI_CHECK_FUNCTION)
+
+/* The whole ABI table (abi.h) as text into buf (`cap` bytes, NUL-terminated when it fits);
+ * returns its length, so a caller whose buffer was too small can ask again. The loader reads
+ * it first and calls nothing else unless it matches what kernels/cpu/abi.py expects. */
+int64_t xlstm_cpu_kernels_abi_table(char *buf, int64_t cap)
+{
+    abi_text text = {buf, cap > 0 ? (size_t)cap : 0, 0};
+    ABI_COMMON_FUNCTIONS(ABI_PRINT_FUNCTION)
+    text.at = xlstm_cpu_kernels_abi_part_f32(buf, text.cap, text.at);
+    text.at = xlstm_cpu_kernels_abi_part_f64(buf, text.cap, text.at);
+    return (int64_t)text.at;
 }
 #endif
