@@ -15,8 +15,9 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from .reference import (MLSTMState, SLSTMState, mlstm_chunkwise_fused, mlstm_step_reference,
-                        slstm_sequence_fused, slstm_step_reference)
+from .reference import (MLSTMState, SLSTMState, mlstm_chunkwise_fused,
+                        mlstm_chunkwise_reference, mlstm_step_reference, slstm_sequence_fused,
+                        slstm_sequence_reference, slstm_step_reference)
 from .reference import mlstm_recurrent as _mlstm_recurrent_reference
 from .reference.mlstm_step_fast import mlstm_step_nograd
 from .cpu import mlstm_cell_step, mlstm_sequence_cpu
@@ -134,6 +135,10 @@ def mlstm_chunkwise(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
         if compiled is not None:
             return compiled
     chunks = -(-S // chunk_size)
+    if torch.compiler.is_compiling():  # the fused node's hand-written backward writes into
+        # views (out=), which Inductor cannot lower; the plain-autograd form it can fuse itself
+        return mlstm_chunkwise_reference(q, k, v, i, f, state=state, reset=reset,
+                                         chunk_size=-(-S // chunks), eps=eps)
     return mlstm_chunkwise_fused(q, k, v, i, f, state=state, reset=reset,
                                  chunk_size=-(-S // chunks), eps=eps)
 
@@ -210,6 +215,8 @@ def slstm_sequence(wx: Tensor, r_weight: Tensor, bias: Tensor, *,
     _check_slstm(wx, r_weight, bias, reset, step=False, state=state)
     if resolve_backend(backend, wx.device) == "triton":
         return _triton_ops().slstm_sequence(wx, r_weight, bias, state=state, reset=reset)
+    if torch.compiler.is_compiling():  # as in mlstm_chunkwise: what Inductor can lower
+        return slstm_sequence_reference(wx, r_weight, bias, state=state, reset=reset)
     return slstm_sequence_fused(wx, r_weight, bias, state=state, reset=reset)
 
 

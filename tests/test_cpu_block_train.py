@@ -89,7 +89,7 @@ def _reaches_block_train(y: torch.Tensor) -> bool:
         if fn is None or fn in seen:
             continue
         seen.add(fn)
-        if "BlockTrain" in type(fn).__name__:
+        if "mlstm_block_train" in type(fn).__name__:
             return True
         todo.extend(f for f, _ in fn.next_functions)
     return False

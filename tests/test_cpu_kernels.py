@@ -77,14 +77,17 @@ def test_cell_step_equals_reference(B: int, dtype: torch.dtype) -> None:
         assert torch.equal(a.nan_to_num(), b.nan_to_num())
 
 
-def test_block_step_declines_strided_weights() -> None:
+def test_block_step_lays_strided_weights_out_itself() -> None:
     block = _block(4, 4, 2, torch.float32)
     weights = block._kernel_weights()
     state = [block.initial_state(3)[key] for key in STATE_KEYS]
     up = torch.randn(3, 2 * block.inner)
-    assert cpu_kernels.mlstm_block_step(up, state[3], None, weights, state[:3], 2, 1e-5)
+    dense = cpu_kernels.mlstm_block_step(up, state[3], None, weights, state[:3], 2, 1e-5)
     weights["gate_w"] = weights["gate_w"].t().contiguous().t()  # same values, column-major
-    assert cpu_kernels.mlstm_block_step(up, state[3], None, weights, state[:3], 2, 1e-5) is None
+    strided = cpu_kernels.mlstm_block_step(up, state[3], None, weights, state[:3], 2, 1e-5)
+    assert dense is not None and strided is not None
+    for a, b in zip((dense[0], *dense[1]), (strided[0], *strided[1])):
+        assert torch.equal(a, b)
 
 
 def test_cell_step_declines_what_it_cannot_take() -> None:

@@ -183,7 +183,7 @@ def test_the_training_dispatch_takes_it_on_cpu_and_falls_back_without_it():
     dispatched = functools.partial(mlstm_chunkwise, backend="reference")
     xs = [x.clone().requires_grad_() for x in inputs]
     h, _ = dispatched(*xs, state=state, reset=r, chunk_size=16)
-    assert "MLSTMSequence" in type(h.grad_fn).__name__
+    assert "xlstm_rl_mlstm_sequence" in type(h.grad_fn).__name__
     got = run(dispatched, inputs, state, r, 16)
     with cpu_kernels.disabled():
         xs = [x.clone().requires_grad_() for x in inputs]
@@ -199,7 +199,7 @@ def test_long_sequences_go_to_the_chunkwise_kernel(monkeypatch):
     from xlstm_rl.kernels import dispatch
 
     monkeypatch.setattr(dispatch, "COMPILED_MAX_STEPS", 8)
-    for S, node in ((8, "MLSTMSequence"), (9, "ChunkwiseFused")):
+    for S, node in ((8, "xlstm_rl_mlstm_sequence"), (9, "ChunkwiseFused")):
         xs = [x.requires_grad_() for x in make_inputs(1, 1, S, 2, 2, seed=23)]
         h, _ = mlstm_chunkwise(*xs, chunk_size=4, backend="reference")
         assert node in type(h.grad_fn).__name__, (S, type(h.grad_fn).__name__)

@@ -295,14 +295,12 @@ def load_library() -> ctypes.CDLL | None:
     return found if isinstance(found, ctypes.CDLL) else None
 
 
-def function(name: str, argtypes: list | None = None, restype: object = None):  # noqa: ANN201
+def function(name: str):  # noqa: ANN201
     """The library's C function ``name`` with its ctypes signature (from :mod:`.abi`) set, or
     None (no library). Cached: ctypes' argument conversion is set up once, not per call.
 
     Args:
         name: The exported name (``xlstm_mlstm_seq_fwd_f32``).
-        argtypes, restype: Only from callers that still keep their own declaration: checked
-            against :mod:`.abi`'s (a ``TypeError`` when they differ), never used.
     """
     if _STATE.get("off"):
         return None
@@ -311,11 +309,8 @@ def function(name: str, argtypes: list | None = None, restype: object = None):  
         lib = load_library()
         if lib is None:
             return None
-        declared = abi.signature(name)
-        if argtypes is not None and (list(argtypes), restype) != declared:
-            raise TypeError(f"{name} is declared differently here than in kernels/cpu/abi.py")
         fn = getattr(lib, name)
-        fn.argtypes, fn.restype = declared
+        fn.argtypes, fn.restype = abi.signature(name)
         _STATE[key] = fn
     return _STATE[key]
 

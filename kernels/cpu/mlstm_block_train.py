@@ -15,42 +15,34 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from . import abi
+from .checks import (check_heads, check_reset, check_scalar, check_tensor, check_types,
+                     fail)
+from .mlstm_block import WEIGHTS, check_block
 from .mlstm_cell import C_TYPES, threads_for, typed_function
 from .mlstm_sequence import available as sequence_available
-from .mlstm_sequence import sequence_backward, sequence_forward
+from .mlstm_sequence import kept_shapes, sequence_backward, sequence_forward
+from .op_call import run_op
 
-WEIGHTS = ("conv_w", "conv_b", "qk_w", "v_w", "gate_w", "gate_b", "norm_w", "skip")
-"""The parameters the kernel reads, in the order the autograd node takes them."""
-
-
-def _args_type(scalar: type) -> type:
-    """The ctypes mirror of ``BT_ARGS`` (mlstm_block_train.h) for one scalar type."""
-    p, i64 = ctypes.c_void_p, ctypes.c_int64
-    fields: list[tuple[str, Any]] = [(name, i64) for name in ("T", "H", "Dh", "K", "bs")]
-    fields += [(name, p) for name in ("up", "window", "reset", "conv_w", "conv_b", "taps",
-                                      "taps_t", "gate_w", "gate_b", "norm_w", "skip")]
-    fields += [("norm_eps", scalar)]
-    fields += [(name, p) for name in (
-        "xc_pre", "qkv", "gates", "window_out", "h", "out", "dout", "dwindow_out", "dh", "dxc",
-        "dq", "dk", "dv", "di", "df", "dup", "dwindow")]
-    return type(f"BlockArgs_{scalar.__name__}", (ctypes.Structure,), {"_fields_": fields})
+OP_TRAIN = "mlstm block (training)"
+"""The kernels' name in error messages."""
 
 
-_ARGS = {dtype: _args_type(scalar) for dtype, scalar in C_TYPES.items()}
+_ARGS = {dtype: abi.structure("bt_args", scalar) for dtype, scalar in C_TYPES.items()}
+"""The ctypes mirrors of ``BT_ARGS`` (mlstm_block_train.h), declared in :mod:`.abi`."""
 
 
 def _function(part: str, dtype: torch.dtype):  # noqa: ANN202
-    grads = part.startswith("bwd")
-    return typed_function(f"xlstm_mlstm_block_{part}", dtype, lambda p, i64, s: (
-        [i64, p, ctypes.c_int] + ([p] if grads else [])), ctypes.c_int)
+    return typed_function(f"xlstm_mlstm_block_{part}", dtype)
 
 
 def _call(part: str, dtype: torch.dtype, B: int, args: Any, *extra: int) -> None:
     fn = _function(part, dtype)
     threads = threads_for(B * args.T * args.H * args.Dh)
-    if fn is None or fn(B, ctypes.byref(args), threads, *extra) != 0:
+    if fn is None:
+        fail(OP_TRAIN, "the compiled CPU kernels are unavailable")
+    if fn(B, ctypes.byref(args), threads, *extra) != 0:
         raise MemoryError(f"the compiled mLSTM block ({part}) could not allocate its scratch")
 
 
@@ -74,8 +66,10 @@ def _taps(weights: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     j*bs + o] = W_m[j, d, o]``, and ``taps_t`` with ``taps_t[m, o, j*bs + d] = W_m[j, d, o]``."""
     W = _maps(weights)
     three, nb, bs, _ = W.shape
-    return (W.permute(0, 2, 1, 3).reshape(three, bs, nb * bs).contiguous(),
-            W.permute(0, 3, 1, 2).reshape(three, bs, nb * bs).contiguous())
+    # Dense copies, never views of W (operator outputs may not alias each other).
+    dense = torch.contiguous_format
+    return (W.permute(0, 2, 1, 3).reshape(three, bs, nb * bs).clone(memory_format=dense),
+            W.permute(0, 3, 1, 2).reshape(three, bs, nb * bs).clone(memory_format=dense))
 
 
 def _untap(grad: Tensor, weights: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -118,26 +112,39 @@ def _cell_inputs(qkv: Tensor, gates: Tensor, heads: int
     return q, k, v, gates[..., :heads].transpose(1, 2), gates[..., heads:].transpose(1, 2)
 
 
-def _forward(up: Tensor, window: Tensor, reset: Tensor | None, weights: dict[str, Tensor],
-             state: tuple[Tensor, ...], heads: int, norm_eps: float, eps: float, keep: bool
-             ) -> tuple[tuple[Tensor, ...], dict[str, Any]]:
-    """Pre part, cell, post part. Returns ``(out, window_out, C, n, m)`` and (when ``keep``)
-    what the backward needs."""
-    B, T, _ = up.shape
+def _checked(up: Tensor, window: Tensor, reset: Tensor | None, weights: dict[str, Tensor],
+             state: tuple[Tensor, ...], heads: int, norm_eps: float
+             ) -> tuple[dict[str, int], Tensor, Tensor, Tensor | None, dict[str, Tensor], float]:
+    """Checks the block's inputs (:func:`~.mlstm_block.check_block`) and lays them out densely:
+    sizes, ``up``, ``window``, ``reset``, the weights and ``norm_eps``."""
+    d = check_block(OP_TRAIN, up, window, weights, state, heads, sequence=True)
+    reset = check_reset(OP_TRAIN, reset, (d["B"], d["T"]))
+    dense = {name: weights[name].contiguous() for name in WEIGHTS}
+    return (d, up.contiguous(), window.contiguous(), reset, dense,
+            check_scalar(OP_TRAIN, "norm_eps", norm_eps))
+
+
+def block_forward(up: Tensor, window: Tensor, reset: Tensor | None, weights: dict[str, Tensor],
+                  state: tuple[Tensor, ...], heads: int, norm_eps: float, eps: float,
+                  keep: bool) -> tuple[tuple[Tensor, ...], dict[str, Any]]:
+    """Pre part, cell, post part, after checking every input. Returns ``(out, window_out, C,
+    n, m)`` and (when ``keep``) what the backward needs."""
+    d, up, window, reset, weights, norm_eps = _checked(up, window, reset, weights, state, heads,
+                                                       norm_eps)
     args, saved = _pre(up, window, reset, weights, heads, norm_eps)
     cell = _cell_inputs(saved["qkv"], saved["gates"], heads)
     (h, C, n, m), saved["kept"] = sequence_forward(*cell, state, reset, eps, keep)
-    out = up.new_empty(B, T, saved["xc_pre"].shape[-1])
+    out = up.new_empty(d["B"], d["T"], d["inner"])
     args.h, args.out = h.data_ptr(), out.data_ptr()
-    _call("fwd_post", up.dtype, B, args)
+    _call("fwd_post", up.dtype, d["B"], args)
     saved["h"] = h
     return (out, saved.pop("window_out"), C, n, m), saved
 
 
 def _pre(up: Tensor, window: Tensor, reset: Tensor | None, weights: dict[str, Tensor],
          heads: int, norm_eps: float) -> tuple[Any, dict[str, Any]]:
-    """The pre part's C call: its argument struct (ready for the post part) and its outputs
-    ``xc_pre``, ``qkv``, ``gates``, ``window_out`` and the ``taps`` it read."""
+    """The pre part's C call on checked, dense inputs: its argument struct (ready for the post
+    part) and its outputs ``xc_pre``, ``qkv``, ``gates``, ``window_out`` and the ``taps``."""
     B, T, two_inner = up.shape
     inner = two_inner // 2
     args = _base_args(up, window, reset, weights, heads, norm_eps)
@@ -151,6 +158,14 @@ def _pre(up: Tensor, window: Tensor, reset: Tensor | None, weights: dict[str, Te
     return args, outs
 
 
+def block_pre(up: Tensor, window: Tensor, reset: Tensor | None, weights: dict[str, Tensor],
+              heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The pre part alone after checking its inputs: ``qkv``, ``gates``, ``window_out``."""
+    _, up, window, reset, weights, _ = _checked(up, window, reset, weights, (), heads, 0.0)
+    _, outs = _pre(up, window, reset, weights, heads, 0.0)
+    return outs["qkv"], outs["gates"], outs["window_out"]
+
+
 def _gate_grads(di: Tensor, df: Tensor, qkv: Tensor, g_w: Tensor, g_b: Tensor) -> None:
     """The gate projection's weight and bias gradients, written into ``g_w [2H, 3 inner]`` and
     ``g_b [2H]``: one matrix product over every row and step (``di, df [B, H, T]``, ``qkv
@@ -161,57 +176,76 @@ def _gate_grads(di: Tensor, df: Tensor, qkv: Tensor, g_w: Tensor, g_b: Tensor) -
     torch.sum(dgates, dim=1, out=g_b)
 
 
-class _BlockTrain(torch.autograd.Function):
-    """Inputs prepared by :func:`mlstm_block_forward` (one dtype, all dense)."""
+SAVED = ("xc_pre", "qkv", "gates", "h", "taps", "taps_t", "ck_C", "ck_n", "m_all")
+"""What the forward keeps for the backward, in the operators' order."""
 
-    @staticmethod
-    def forward(ctx, up: Tensor, window: Tensor, C0: Tensor, n0: Tensor,  # noqa: ANN001
-                m0: Tensor, reset: Tensor | None, heads: int, norm_eps: float, eps: float,
-                *weights: Tensor) -> tuple[Tensor, ...]:
-        named = dict(zip(WEIGHTS, weights))
-        outs, saved = _forward(up, window, reset, named, (C0, n0, m0), heads, norm_eps, eps,
-                               keep=True)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(up, window, C0, n0, m0, reset, *weights, saved["xc_pre"],
-                              saved["qkv"], saved["gates"], saved["h"], *saved["taps"],
-                              *saved["kept"])
-        ctx.heads, ctx.norm_eps, ctx.eps = heads, norm_eps, eps
-        return outs
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dout: Tensor | None, dwindow_out: Tensor | None,  # noqa: ANN001
-                 *cell_grads: Tensor | None) -> tuple[Tensor | None, ...]:
-        up, window, C0, n0, m0, reset, *rest = ctx.saved_tensors
-        weights = dict(zip(WEIGHTS, rest[:len(WEIGHTS)]))
-        xc_pre, qkv, gates, h, taps, taps_t, *kept = rest[len(WEIGHTS):]
-        B, T, two_inner = up.shape
-        inner, H, dtype = two_inner // 2, ctx.heads, up.dtype
-        args = _base_args(up, window, reset, weights, H, ctx.norm_eps)
-        args.taps, args.taps_t = taps.data_ptr(), taps_t.data_ptr()
-        args.xc_pre, args.qkv, args.gates, args.h = (t.data_ptr() for t in (xc_pre, qkv, gates, h))
-        dout = up.new_zeros(B, T, inner) if dout is None else dout.to(dtype).contiguous()
-        dup, dh, dxc = up.new_empty(up.shape), up.new_empty(h.shape), up.new_empty(B, T, inner)
-        sizes = _grad_sizes(weights)
-        flat = up.new_zeros(sum(sizes.values()))
-        args.dout, args.dup, args.dh, args.dxc = (t.data_ptr() for t in (dout, dup, dh, dxc))
-        _call("bwd_post", dtype, B, args, flat.data_ptr())
-        (dq, dk, dv, di, df), initial = sequence_backward(
-            _cell_inputs(qkv, gates, H), (C0, n0, m0), reset, ctx.eps, h, tuple(kept),
-            (dh, *cell_grads), any(ctx.needs_input_grad[2:5]))
-        args.dq, args.dk, args.dv, args.di, args.df = (t.data_ptr() for t in (dq, dk, dv, di, df))
-        if dwindow_out is not None:
-            dwindow_out = dwindow_out.to(dtype).contiguous()
-            args.dwindow_out = dwindow_out.data_ptr()
-        dwindow = up.new_empty(window.shape) if ctx.needs_input_grad[1] else None
-        args.dwindow = None if dwindow is None else dwindow.data_ptr()
-        offset = 2 * inner * flat.element_size()  # the post part's norm_w and skip come first
-        _call("bwd_pre", dtype, B, args, flat.data_ptr() + offset)
-        parts = dict(zip(sizes, flat.split(list(sizes.values()))))
-        _gate_grads(di, df, qkv, parts["gate_w"].view(weights["gate_w"].shape), parts["gate_b"])
-        parts["qk_w"], parts["v_w"] = _untap(parts["taps"], weights)
-        dweights = [parts[name].view(weights[name].shape) for name in WEIGHTS]
-        return (dup, dwindow, *initial, None, None, None, None, *dweights)
+def _check_saved(d: dict[str, int], saved: dict[str, Tensor],
+                 grads: dict[str, Tensor | None], dtype: torch.dtype) -> None:
+    """The forward's kept tensors and the output gradients must have the forward's shapes."""
+    B, T, H, Dh, K, bs, inner = (d[key] for key in ("B", "T", "H", "Dh", "K", "bs", "inner"))
+    shapes = dict(zip(SAVED, ((B, T, inner), (B, T, 3 * inner), (B, T, 2 * H), (B, H, T, Dh),
+                              (3, bs, inner), (3, bs, inner), *kept_shapes(B, H, T, Dh, Dh))))
+    for name, shape in shapes.items():
+        check_tensor(OP_TRAIN, name, saved[name], shape, dtype)
+    want = {"dout": (B, T, inner), "dwindow_out": (B, K - 1, inner), "dC": (B, H, Dh, Dh),
+            "dn": (B, H, Dh), "dm": (B, H)}
+    for name, grad in grads.items():
+        if grad is not None:
+            check_tensor(OP_TRAIN, name, grad, want[name])
+
+
+def block_backward(up: Tensor, window: Tensor, state: tuple[Tensor, ...], reset: Tensor | None,
+                   weights: dict[str, Tensor], saved: dict[str, Tensor],
+                   grads: dict[str, Tensor | None], heads: int, norm_eps: float, eps: float,
+                   want: tuple[bool, bool]) -> tuple[Tensor | None, ...]:
+    """The block's backward after checking everything it reads.
+
+    Args:
+        up, window, state, reset, weights, heads, norm_eps, eps: As given to the forward.
+        saved: The forward's kept tensors by the names in :data:`SAVED`.
+        grads: ``dout``, ``dwindow_out``, ``dC``, ``dn``, ``dm`` (each None for zeros).
+        want: Whether the window's and the initial state's gradients are wanted.
+
+    Returns:
+        ``(dup, dwindow, dC0, dn0, dm0, *dweights)``, None where not wanted.
+    """
+    d, up, window, reset, weights, norm_eps = _checked(up, window, reset, weights, state, heads,
+                                                       norm_eps)
+    dtype, B, T, inner = up.dtype, d["B"], d["T"], d["inner"]
+    _check_saved(d, saved, grads, dtype)
+    saved = {name: t.contiguous() for name, t in saved.items()}
+    args = _base_args(up, window, reset, weights, heads, norm_eps)
+    for name in ("taps", "taps_t", "xc_pre", "qkv", "gates", "h"):
+        setattr(args, name, saved[name].data_ptr())
+    dout = grads["dout"]
+    dout = up.new_zeros(B, T, inner) if dout is None else dout.to(dtype).contiguous()
+    dup, dh, dxc = up.new_empty(up.shape), up.new_empty(B, heads, T, d["Dh"]), \
+        up.new_empty(B, T, inner)
+    sizes = _grad_sizes(weights)
+    flat = up.new_zeros(sum(sizes.values()))
+    args.dout, args.dup, args.dh, args.dxc = (t.data_ptr() for t in (dout, dup, dh, dxc))
+    _call("bwd_post", dtype, B, args, flat.data_ptr())
+    (dq, dk, dv, di, df), initial = sequence_backward(
+        _cell_inputs(saved["qkv"], saved["gates"], heads), state, reset, eps, saved["h"],
+        (saved["ck_C"], saved["ck_n"], saved["m_all"]),
+        (dh, grads["dC"], grads["dn"], grads["dm"]), want[1])
+    args.dq, args.dk, args.dv, args.di, args.df = (t.data_ptr() for t in (dq, dk, dv, di, df))
+    dwindow_out = grads["dwindow_out"]
+    if dwindow_out is not None:
+        dwindow_out = dwindow_out.to(dtype).contiguous()
+        args.dwindow_out = dwindow_out.data_ptr()
+    dwindow = up.new_empty(window.shape) if want[0] else None
+    args.dwindow = None if dwindow is None else dwindow.data_ptr()
+    offset = 2 * inner * flat.element_size()  # the post part's norm_w and skip come first
+    _call("bwd_pre", dtype, B, args, flat.data_ptr() + offset)
+    parts = dict(zip(sizes, flat.split(list(sizes.values()))))
+    _gate_grads(di, df, saved["qkv"], parts["gate_w"].view(weights["gate_w"].shape),
+                parts["gate_b"])
+    parts["qk_w"], parts["v_w"] = _untap(parts["taps"], weights)
+    # Separate tensors, not views of one buffer: an operator's outputs may not alias.
+    dweights = [parts[name].view(weights[name].shape).clone() for name in WEIGHTS]
+    return (dup, dwindow, *initial, *dweights)
 
 
 def available(dtype: torch.dtype) -> bool:
@@ -221,18 +255,19 @@ def available(dtype: torch.dtype) -> bool:
         for part in ("fwd_pre", "fwd_post", "bwd_post", "bwd_pre"))
 
 
-def _runnable(tensors: tuple[Tensor, ...], weights: dict[str, Tensor]) -> bool:
-    """True when the kernels can take these tensors: CPU, one dtype they are built for, dense
-    weights, a loaded library."""
+@torch.compiler.assume_constant_result
+def kernels_available(dtype: torch.dtype) -> bool:
+    """:func:`available`, read once per trace by ``torch.compile`` (a constant there)."""
+    return available(dtype)
+
+
+def _runnable(tensors: tuple[Any, ...]) -> bool:
+    """True when the kernels can take these tensors: non-empty CPU tensors of one dtype they
+    are built for, and a loaded library (shapes are checked by the kernels' wrappers)."""
     dtype = tensors[0].dtype
-    return (dtype in C_TYPES and all(t.is_cpu and t.dtype is dtype for t in tensors)
-            and all(w.is_contiguous() for w in weights.values()) and available(dtype))
-
-
-def _dense(up: Tensor, window: Tensor, reset: Tensor | None
-           ) -> tuple[Tensor, Tensor, Tensor | None]:
-    return (up.contiguous(), window.contiguous(),
-            None if reset is None else reset.to(torch.bool).contiguous())
+    return (dtype in C_TYPES and tensors[0].numel() > 0
+            and all(isinstance(t, Tensor) and t.is_cpu and t.dtype is dtype for t in tensors)
+            and kernels_available(dtype))
 
 
 def mlstm_block_pre(up: Tensor, window: Tensor, reset: Tensor | None,
@@ -247,14 +282,24 @@ def mlstm_block_pre(up: Tensor, window: Tensor, reset: Tensor | None,
     Returns:
         ``qkv [B, T, 3 * inner]`` (q, k, v), ``gates [B, T, 2H]`` (i, f) and the new conv
         window, or None when the kernels cannot take these tensors or a gradient is wanted.
+
+    Raises:
+        ValueError: Shapes that disagree with each other, or a bad reset (one line).
     """
-    tensors = (up, window, *weights.values())
-    if (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-            or not _runnable(tensors, weights)):
+    ordered = [weights.get(name) for name in WEIGHTS]
+    tensors = (up, window, *ordered)
+    check_types(OP_TRAIN, tensors, reset)
+    check_heads(OP_TRAIN, heads)
+    if (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)  # type: ignore[union-attr]
+            or not _runnable(tensors)):
         return None
-    up, window, reset = _dense(up, window, reset)
-    _, outs = _pre(up, window, reset, weights, heads, 0.0)
-    return outs["qkv"], outs["gates"], outs["window_out"]
+    return run_op(block_pre_op_impl, "mlstm_block_pre", up, window, reset, *ordered, heads)
+
+
+def block_pre_op_impl(up: Tensor, window: Tensor, reset: Tensor | None, *args: Any
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+    """``xlstm_rl::mlstm_block_pre``: the weights in :data:`WEIGHTS` order, then ``heads``."""
+    return block_pre(up, window, reset, dict(zip(WEIGHTS, args[:-1])), args[-1])
 
 
 def mlstm_block_forward(up: Tensor, window: Tensor, reset: Tensor | None,
@@ -270,25 +315,25 @@ def mlstm_block_forward(up: Tensor, window: Tensor, reset: Tensor | None,
         reset: ``[B, T]`` bool or None; True starts the state and the conv over at that step.
         weights: ``conv_w [K, inner]``, ``conv_b [inner]``, ``qk_w [nb, bs, 2bs]``, ``v_w
             [nb, bs, bs]``, ``gate_w [2H, 3*inner]``, ``gate_b [2H]``, ``norm_w [inner]``,
-            ``skip [inner]`` (dense).
+            ``skip [inner]``.
         state: ``[C [B,H,Dh,Dh], n [B,H,Dh], m [B,H]]``.
         heads: ``H``; norm_eps: the head norm's epsilon; eps: the cell's normalizer epsilon.
 
     Returns:
         ``out [B, T, inner]`` and the new ``[C, n, m, window]``, or None (a dtype or device the
-        kernels lack, mixed dtypes, non-dense weights, no compiled library): the caller takes
+        kernels lack, mixed dtypes, an empty batch, no compiled library): the caller takes
         the PyTorch path.
+
+    Raises:
+        ValueError: Shapes that disagree with each other, or a bad reset (one line).
     """
-    tensors = (up, window, *state, *weights.values())
-    if not _runnable(tensors, weights):
+    ordered = [weights.get(name) for name in WEIGHTS]
+    tensors = (up, window, *state, *ordered)
+    check_types(OP_TRAIN, tensors, reset)
+    check_heads(OP_TRAIN, heads)
+    if len(state) != 3 or not _runnable(tensors):
         return None
-    up, window, reset = _dense(up, window, reset)
-    C0, n0, m0 = (t.contiguous() for t in state)
-    ordered = [weights[name] for name in WEIGHTS]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        out, window_out, C, n, m = _BlockTrain.apply(up, window, C0, n0, m0, reset, heads,
-                                                     norm_eps, eps, *ordered)
-    else:
-        (out, window_out, C, n, m), _ = _forward(up, window, reset, weights, (C0, n0, m0),
-                                                 heads, norm_eps, eps, keep=False)
+    keep = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)  # type: ignore[union-attr]
+    out, window_out, C, n, m, *_ = torch.ops.xlstm_rl.mlstm_block_train(
+        up, window, *state, reset, *ordered, heads, float(norm_eps), float(eps), keep)
     return out, [C, n, m, window_out]

@@ -45,11 +45,13 @@ static inline CELL_GATES_T CELL_GATES(SCALAR i, SCALAR f, SCALAR m_old, SCALAR m
 {
     CELL_GATES_T g;
     g.f_tilde = (f < 0 ? f : (SCALAR)0) - LOG1P(EXP(-FABS(f))) + m_old;
-    g.m = g.f_tilde > i ? g.f_tilde : i;
+    /* Written so that NaN propagates, as torch.maximum and clamp_max do (a plain `a > b ? a :
+     * b` drops a NaN a; a clamp that dropped NaN would turn it into exp(max_exp)). */
+    g.m = (g.f_tilde > i || g.f_tilde != g.f_tilde) ? g.f_tilde : i;
     SCALAR a_i = i - g.m, a_f = g.f_tilde - g.m, a_floor = (SCALAR)0 - g.m;
-    a_i = a_i < max_exp ? a_i : max_exp;
-    a_f = a_f < max_exp ? a_f : max_exp;
-    a_floor = a_floor < max_exp ? a_floor : max_exp;
+    a_i = a_i > max_exp ? max_exp : a_i;
+    a_f = a_f > max_exp ? max_exp : a_f;
+    a_floor = a_floor > max_exp ? max_exp : a_floor;
     g.i_act = EXP(a_i);
     g.f_act = EXP(a_f);
     g.floor_ = EXP(a_floor);
@@ -99,7 +101,7 @@ static void CELL_HEAD(int64_t dk, int64_t dv, const SCALAR *restrict qb,
         }
     }
     const SCALAR mag = FABS(qn);
-    const SCALAR den = (mag > floor_ ? mag : floor_) + eps;
+    const SCALAR den = (mag > floor_ || mag != mag ? mag : floor_) + eps; /* NaN propagates */
     for (int64_t j = 0; j < dv; ++j)
         hb[j] /= den;
     *m_out = m_new;

@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import ctypes
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from ..reference.mlstm_recurrent import MLSTMState, max_exp_arg, mlstm_zero_state, state_dtype
-from .build import function, uses_openmp
+from .build import function, uses_openmp, why_unavailable
+from .checks import (check_rank, check_reset, check_scalar, check_sizes, check_tensor,
+                     check_types, fail)
+from .op_call import run_op
 
 C_TYPES = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
 """The scalar types the C kernels are built for (``<name>_f32`` and ``<name>_f64``)."""
 MAX_EXP = {dtype: max_exp_arg(dtype) for dtype in C_TYPES}
 """The clamp of the exponentials' arguments, per dtype (as the reference)."""
 
+
+OP_CELL = "mlstm cell step"
+"""The kernel's name in error messages."""
 
 PARALLEL_MIN_ELEMENTS = 1 << 18
 """Below this many elements per ``[B, T, features]`` tensor a training kernel runs on one
@@ -41,28 +46,21 @@ def threads_for(elements: int) -> int:
     return 1
 
 
-def typed_function(name: str, dtype: torch.dtype,
-                   signature: Callable[[type, type, type], list], restype: object = None
-                   ):  # noqa: ANN205
-    """The C function ``name`` for ``dtype`` (None: no library, or a dtype without a build).
+def typed_function(name: str, dtype: torch.dtype):  # noqa: ANN201
+    """The C function ``name`` for ``dtype`` (None: no library, or a dtype without a build),
+    with the ctypes signature declared in :mod:`.abi` (checked against the library's own).
 
     Args:
         name: The function's name without its ``_f32`` / ``_f64`` suffix.
         dtype: torch.float32 or torch.float64.
-        signature: ``(pointer, int64, scalar) -> argtypes``, with the dtype's scalar type.
-        restype: The ctypes return type (None: void).
     """
-    scalar = C_TYPES.get(dtype)
-    if scalar is None:
+    if dtype not in C_TYPES:
         return None
-    suffix = "f32" if dtype == torch.float32 else "f64"
-    return function(f"{name}_{suffix}", signature(ctypes.c_void_p, ctypes.c_int64, scalar),
-                    restype)
+    return function(f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
 
 
 def _function(dtype: torch.dtype):  # noqa: ANN202
-    return typed_function("xlstm_mlstm_cell_step", dtype, lambda p, i64, s: [
-        i64, i64, i64, i64, p, i64, p, i64, p, i64, p, p, i64, p, p, p, p, s, s, s, p, p, p, p])
+    return typed_function("xlstm_mlstm_cell_step", dtype)
 
 
 def available(dtype: torch.dtype = torch.float32) -> bool:
@@ -83,36 +81,69 @@ def mlstm_cell_step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
     """One mLSTM step in the compiled kernel, or None when it cannot take these tensors.
 
     Args:
-        q, k: ``[B, H, Dk]``; v: ``[B, H, Dv]`` (any batch stride; heads and features dense
-            or copied so); i, f: ``[B, H]`` gate pre-activations. CPU tensors needing no
-            gradient; other float dtypes are computed in the state's dtype, as the reference.
+        q, k: ``[B, H, Dk]``; v: ``[B, H, Dv]`` (any strides); i, f: ``[B, H]`` gate
+            pre-activations. CPU tensors needing no gradient; other float dtypes are computed
+            in the state's dtype, as the reference.
         state: ``(C [B,H,Dk,Dv], n [B,H,Dk], m [B,H])`` or None (zeros); never written.
         reset: optional ``[B]`` bool; True starts that row from the zero state.
         eps: added to the normalizer.
 
     Returns:
         ``h [B, H, Dv]`` in the input dtype and the new ``(C, n, m)`` (fresh tensors), or None
-        (no compiled kernel, a non-CPU tensor, a state that is not float32 / float64): the
-        caller then takes the PyTorch path.
+        (no compiled kernel, a non-CPU tensor, a state that is not float32 / float64, an empty
+        batch): the caller then takes the PyTorch path.
+
+    Raises:
+        ValueError: A shape, dtype or reset the kernel cannot take (one line).
     """
-    B, H, dk = q.shape
-    dv = v.shape[-1]
-    in_dtype = q.dtype
-    dtype = state_dtype(in_dtype)
-    fn = _function(dtype)
-    if fn is None or not all(t.is_cpu for t in (q, k, v, i, f)) or (state is not None and not all(
-            t.is_cpu and t.dtype is dtype for t in state)):
+    tensors = (q, k, v, i, f, *(state or ()))
+    check_types(OP_CELL, tensors, reset)
+    if not all(t.is_cpu and t.is_floating_point() for t in tensors):
+        return None
+    dtype = state_dtype(q.dtype)
+    if (_function(dtype) is None or any(t.numel() == 0 for t in tensors)
+            or (state is not None and any(t.dtype != dtype for t in state))):
         return None
     if state is None:
-        state = mlstm_zero_state(B, H, dk, dv, dtype=dtype)
-    C, n, m = state
+        B, H, dk = check_rank(OP_CELL, "q", q, 3, "[B, H, Dk]")
+        state = mlstm_zero_state(B, H, dk, v.shape[-1], dtype=dtype)
+    in_dtype = q.dtype
     q, k, v, i, f = (t.to(dtype) for t in (q, k, v, i, f))
+    h, C, n, m = run_op(cell_step_impl, "mlstm_cell_step", q, k, v, i, f, *state, reset,
+                        float(eps))
+    return h.to(in_dtype), (C, n, m)
+
+
+def cell_step_impl(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, C: Tensor,
+                   n: Tensor, m: Tensor, reset: Tensor | None, eps: float
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The C call of :func:`mlstm_cell_step` (also the ``xlstm_rl::mlstm_cell_step`` operator):
+    checks every size, dtype and device the kernel relies on, lays the inputs out as it reads
+    them, and returns fresh ``(h, C, n, m)``.
+
+    Raises:
+        ValueError: Anything the kernel cannot take, before C is called (one line).
+    """
+    B, H, dk = check_rank(OP_CELL, "q", q, 3, "[B, H, Dk]")
+    dv = check_rank(OP_CELL, "v", v, 3, "[B, H, Dv]")[-1]
+    check_sizes(OP_CELL, B=B, H=H, Dk=dk, Dv=dv)
+    dtype = C.dtype if isinstance(C, Tensor) else None
+    if dtype not in C_TYPES:
+        fail(OP_CELL, f"the state must be float32 or float64, got {dtype}")
+    for name, t, shape in (("q", q, (B, H, dk)), ("k", k, (B, H, dk)), ("v", v, (B, H, dv)),
+                           ("i", i, (B, H)), ("f", f, (B, H)), ("C", C, (B, H, dk, dv)),
+                           ("n", n, (B, H, dk)), ("m", m, (B, H))):
+        check_tensor(OP_CELL, name, t, shape, dtype)
+    reset = check_reset(OP_CELL, reset, (B,))
+    eps = check_scalar(OP_CELL, "eps", eps)
+    fn = _function(dtype)
+    if fn is None:
+        raise RuntimeError(f"{OP_CELL}: the compiled CPU kernels are unavailable "
+                           f"({why_unavailable()})")
     q, k, v = _rows(q), _rows(k), _rows(v)
     if i.stride(-1) != 1 or f.stride(-1) != 1 or i.stride(0) != f.stride(0):
         i, f = i.contiguous(), f.contiguous()
     C, n, m = C.contiguous(), n.contiguous(), m.contiguous()
-    if reset is not None:
-        reset = reset.to(torch.bool).contiguous()
     h = torch.empty(B, H, dv, dtype=dtype)
     C_out, n_out, m_out = torch.empty_like(C), torch.empty_like(n), torch.empty_like(m)
     fn(B, H, dk, dv, q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0),
@@ -120,4 +151,4 @@ def mlstm_cell_step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
        C.data_ptr(), n.data_ptr(), m.data_ptr(), None if reset is None else reset.data_ptr(),
        1.0 / math.sqrt(dk), eps, MAX_EXP[dtype],
        h.data_ptr(), C_out.data_ptr(), n_out.data_ptr(), m_out.data_ptr())
-    return h.to(in_dtype), (C_out, n_out, m_out)
+    return h, C_out, n_out, m_out

@@ -20,37 +20,27 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..reference.mlstm_recurrent import MLSTMState
+from . import abi
+from .checks import (check_rank, check_reset, check_scalar, check_sizes, check_tensor,
+                     check_types, fail)
 from .mlstm_cell import C_TYPES, MAX_EXP, threads_for, typed_function
 
 CHECKPOINT = 16
 """Steps between the states the forward keeps (``CKPT`` in kernels.c)."""
 
 
-def _args_type(scalar: type) -> type:
-    """The ctypes mirror of ``SEQ_ARGS`` (mlstm_sequence.h) for one scalar type."""
-    p, i64, s = ctypes.c_void_p, ctypes.c_int64, scalar
-    strides = i64 * 3
-    return type(f"SeqArgs_{scalar.__name__}", (ctypes.Structure,), {"_fields_": [
-        ("H", i64), ("S", i64), ("dk", i64), ("dv", i64),
-        ("q", p), ("k", p), ("v", p), ("ig", p), ("fg", p),
-        ("q_s", strides), ("k_s", strides), ("v_s", strides), ("g_s", strides),
-        ("reset", p), ("C0", p), ("n0", p), ("m0", p),
-        ("scale", s), ("eps", s), ("max_exp", s),
-        ("h", p), ("C", p), ("n", p), ("m", p), ("ck_C", p), ("ck_n", p), ("m_all", p),
-        ("dh", p), ("dh_s", strides), ("dC", p), ("dn", p), ("dm", p),
-        ("dq", p), ("dkk", p), ("dvv", p), ("di", p), ("df", p),
-        ("dC0", p), ("dn0", p), ("dm0", p)]})
-
-
-_ARGS = {dtype: _args_type(scalar) for dtype, scalar in C_TYPES.items()}
+_ARGS = {dtype: abi.structure("seq_args", scalar) for dtype, scalar in C_TYPES.items()}
+"""The ctypes mirrors of ``SEQ_ARGS`` (mlstm_sequence.h), declared in :mod:`.abi`."""
 
 
 def _function(direction: str, dtype: torch.dtype):  # noqa: ANN202
-    return typed_function(f"xlstm_mlstm_seq_{direction}", dtype,
-                          lambda p, i64, s: [i64, p, ctypes.c_int], ctypes.c_int)
+    return typed_function(f"xlstm_mlstm_seq_{direction}", dtype)
+
+
+OP_SEQ = "mlstm sequence"
+"""The kernels' name in error messages."""
 
 
 def _ptr(t: Tensor | None) -> int | None:
@@ -66,6 +56,49 @@ def _strides(t: Tensor) -> tuple[int, int, int]:
     return (t.stride(0), t.stride(1), t.stride(2))
 
 
+def check_sequence(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
+                   state: tuple[Tensor | None, ...] | None, reset: Tensor | None
+                   ) -> tuple[dict[str, int], Tensor | None]:
+    """Checks what the sequence kernels rely on: ``q, k [B,H,S,Dk]``, ``v [B,H,S,Dv]``,
+    ``i, f [B,H,S]``, the state ``(C [B,H,Dk,Dv], n [B,H,Dk], m [B,H])`` (all three or none)
+    and ``reset [B, S]``, one float dtype, CPU.
+
+    Returns:
+        The sizes ``{"B", "H", "S", "Dk", "Dv"}`` and the reset as a dense bool tensor.
+
+    Raises:
+        ValueError: The first disagreement, in one line.
+    """
+    B, H, S, dk = check_rank(OP_SEQ, "q", q, 4, "[B, H, S, Dk]")
+    dv = check_rank(OP_SEQ, "v", v, 4, "[B, H, S, Dv]")[-1]
+    check_sizes(OP_SEQ, B=B, H=H, S=S, Dk=dk, Dv=dv)
+    dtype = q.dtype
+    if dtype not in C_TYPES:
+        fail(OP_SEQ, f"q must be float32 or float64, got {dtype}")
+    want = [("q", q, (B, H, S, dk)), ("k", k, (B, H, S, dk)), ("v", v, (B, H, S, dv)),
+            ("i", i, (B, H, S)), ("f", f, (B, H, S))]
+    if state is not None and any(t is not None for t in state):
+        want += list(zip(("C", "n", "m"), state,  # type: ignore[arg-type]
+                         ((B, H, dk, dv), (B, H, dk), (B, H))))
+    for name, t, shape in want:
+        check_tensor(OP_SEQ, name, t, shape, dtype)
+    return {"B": B, "H": H, "S": S, "Dk": dk, "Dv": dv}, check_reset(OP_SEQ, reset, (B, S))
+
+
+def _prepared(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
+              state: tuple[Tensor | None, ...] | None
+              ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...] | None]:
+    """The inputs laid out as C reads them: q, k, v with a dense last dim, i and f of one
+    layout, a dense state (None when absent)."""
+    q, k, v = (_lastdim_dense(t) for t in (q, k, v))
+    if i.stride() != f.stride():
+        i, f = i.contiguous(), f.contiguous()
+    dense = None
+    if state is not None and all(t is not None for t in state):
+        dense = tuple(t.contiguous() for t in state if t is not None)
+    return (q, k, v, i, f), dense
+
+
 def _fill_inputs(args: Any, q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
                  reset: Tensor | None, state: tuple[Tensor, ...] | None, eps: float) -> None:
     B, H, S, dk = q.shape
@@ -79,40 +112,63 @@ def _fill_inputs(args: Any, q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tenso
 
 def _run(direction: str, dtype: torch.dtype, B: int, args: Any) -> None:
     fn = _function(direction, dtype)
-    if fn is None or fn(B, ctypes.byref(args), threads_for(B * args.H * args.S * args.dv)) != 0:
+    if fn is None:
+        fail(OP_SEQ, "the compiled CPU kernels are unavailable")
+    if fn(B, ctypes.byref(args), threads_for(B * args.H * args.S * args.dv)) != 0:
         raise MemoryError(f"the compiled mLSTM sequence {direction}ward could not allocate "
                           "its scratch memory")
 
 
 def sequence_forward(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
-                     state: tuple[Tensor, ...] | None, reset: Tensor | None, eps: float,
+                     state: tuple[Tensor | None, ...] | None, reset: Tensor | None, eps: float,
                      keep: bool) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
-    """The C forward on prepared inputs (one dtype; q, k, v with a dense last dim; i and f of
-    one layout; state and reset contiguous).
+    """The C forward, after checking its inputs (shapes as :func:`mlstm_sequence_cpu`).
 
     Returns:
         ``(h [B,H,S,Dv], C, n, m)`` and, when ``keep``, what :func:`sequence_backward` needs
         besides the inputs: the states entering segments 1.. (``[B,H,nseg-1,Dk,Dv]``,
         ``[B,H,nseg-1,Dk]``; segment 0 enters from the initial state) and the stabilizers
         ``[B,H,S]`` (else ``()``).
+
+    Raises:
+        ValueError: What the kernel cannot take (one line), before C is called.
     """
-    B, H, S, dk = q.shape
-    dv, dtype = v.shape[-1], q.dtype
+    d, reset = check_sequence(q, k, v, i, f, state, reset)
+    (q, k, v, i, f), dense = _prepared(q, k, v, i, f, state)
+    B, H, S, dk, dv, dtype = d["B"], d["H"], d["S"], d["Dk"], d["Dv"], q.dtype
     args = _ARGS[dtype]()
-    _fill_inputs(args, q, k, v, i, f, reset, state, eps)
+    _fill_inputs(args, q, k, v, i, f, reset, dense, check_scalar(OP_SEQ, "eps", eps))
     outs = (q.new_empty(B, H, S, dv), q.new_empty(B, H, dk, dv), q.new_empty(B, H, dk),
             q.new_empty(B, H))
     args.h, args.C, args.n, args.m = (t.data_ptr() for t in outs)
     kept: tuple[Tensor, ...] = ()
     if keep:
-        entries = -(-S // CHECKPOINT) - 1
-        kept = (q.new_empty(B, H, entries, dk, dv), q.new_empty(B, H, entries, dk),
-                q.new_empty(B, H, S))
+        kept = tuple(q.new_empty(shape) for shape in kept_shapes(B, H, S, dk, dv))
         args.ck_C, args.ck_n, args.m_all = (t.data_ptr() for t in kept)
     _run("fwd", dtype, B, args)
     return outs, kept
 
 
+def kept_shapes(B: int, H: int, S: int, dk: int, dv: int) -> tuple[tuple[int, ...], ...]:
+    """Shapes of what the forward keeps for the backward (see :func:`sequence_forward`)."""
+    entries = -(-S // CHECKPOINT) - 1
+    return (B, H, entries, dk, dv), (B, H, entries, dk), (B, H, S)
+
+
+def _check_backward(d: dict[str, int], h: Tensor, kept: tuple[Tensor, ...],
+                    grads_out: tuple[Tensor | None, ...], dtype: torch.dtype) -> None:
+    """The forward's saved tensors and the output gradients must have the forward's shapes."""
+    B, H, S, dk, dv = d["B"], d["H"], d["S"], d["Dk"], d["Dv"]
+    if len(kept) != 3 or len(grads_out) != 4:
+        fail(OP_SEQ, "the backward needs the forward's 3 kept tensors and 4 output gradients")
+    want = [("h", h, (B, H, S, dv)), *zip(("ck_C", "ck_n", "m_all"), kept,
+                                          kept_shapes(B, H, S, dk, dv))]
+    for name, t, shape in want:
+        check_tensor(OP_SEQ, name, t, shape, dtype)
+    for name, g, shape in zip(("dh", "dC", "dn", "dm"), grads_out,
+                              ((B, H, S, dv), (B, H, dk, dv), (B, H, dk), (B, H))):
+        if g is not None:
+            check_tensor(OP_SEQ, name, g, shape)
 def sequence_backward(inputs: tuple[Tensor, ...], state: tuple[Tensor, ...] | None,
                       reset: Tensor | None, eps: float, h: Tensor, kept: tuple[Tensor, ...],
                       grads_out: tuple[Tensor | None, ...], state_grads: bool
@@ -130,10 +186,15 @@ def sequence_backward(inputs: tuple[Tensor, ...], state: tuple[Tensor, ...] | No
         ``state_grads``).
     """
     q, k, v, i, f = inputs
-    B, H, S, dk = q.shape
-    dtype = q.dtype
+    d, reset = check_sequence(q, k, v, i, f, state, reset)
+    (q, k, v, i, f), dense = _prepared(q, k, v, i, f, state)
+    B, H, S, dk, dtype = d["B"], d["H"], d["S"], d["Dk"], q.dtype
+    _check_backward(d, h, kept, grads_out, dtype)
+    if state_grads and dense is None:
+        fail(OP_SEQ, "the initial state's gradients need the initial state")
+    h, kept = h.contiguous(), tuple(t.contiguous() for t in kept)
     args = _ARGS[dtype]()
-    _fill_inputs(args, q, k, v, i, f, reset, state, eps)
+    _fill_inputs(args, q, k, v, i, f, reset, dense, check_scalar(OP_SEQ, "eps", eps))
     args.h, args.ck_C, args.ck_n, args.m_all = (t.data_ptr() for t in (h, *kept))
     dh, dC, dn, dm = grads_out
     if dh is not None:
@@ -150,39 +211,11 @@ def sequence_backward(inputs: tuple[Tensor, ...], state: tuple[Tensor, ...] | No
              q.new_empty(B, H, S), q.new_empty(B, H, S)]
     args.dq, args.dkk, args.dvv, args.di, args.df = (g.data_ptr() for g in grads)
     initial: list[Tensor | None] = [None, None, None]
-    if state_grads and state is not None:
-        initial = [q.new_empty(t.shape) for t in state]
+    if state_grads and dense is not None:
+        initial = [q.new_empty(t.shape) for t in dense]
         args.dC0, args.dn0, args.dm0 = (_ptr(g) for g in initial)
     _run("bwd", dtype, B, args)
     return grads, initial
-
-
-class _MLSTMSequence(torch.autograd.Function):
-    """Inputs prepared by :func:`mlstm_sequence_cpu` (one dtype, last dims dense)."""
-
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,  # noqa: ANN001
-                C0: Tensor | None, n0: Tensor | None, m0: Tensor | None,
-                reset: Tensor | None, eps: float) -> tuple[Tensor, ...]:
-        state = None if C0 is None else (C0, n0, m0)
-        outs, kept = sequence_forward(q, k, v, i, f, state, reset, eps,  # type: ignore[arg-type]
-                                      keep=True)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, reset, outs[0], *kept)
-        ctx.eps = eps
-        return outs
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, *grads_out: Tensor | None) -> tuple[Tensor | None, ...]:  # noqa: ANN001
-        q, k, v, i, f, C0, n0, m0, reset, h, *kept = ctx.saved_tensors
-        state = None if C0 is None else (C0, n0, m0)
-        grads, initial = sequence_backward((q, k, v, i, f), state, reset, ctx.eps, h,
-                                           tuple(kept), grads_out,
-                                           any(ctx.needs_input_grad[5:8]))
-        wanted = [g if need else None for g, need in zip(grads + initial,
-                                                         ctx.needs_input_grad[:8])]
-        return (*wanted, None, None)
 
 
 def available(dtype: torch.dtype) -> bool:
@@ -205,23 +238,27 @@ def mlstm_sequence_cpu(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
 
     Returns:
         ``h [B, H, S, Dv]`` and the final ``(C, n, m)``, differentiable in every input and in
-        the initial state; None (a dtype or device the kernels lack, mixed dtypes, or no
-        compiled library): use the PyTorch path.
+        the initial state; None (a dtype or device the kernels lack, mixed dtypes, an empty
+        tensor, or no compiled library): use the PyTorch path.
+
+    Raises:
+        ValueError: Shapes that disagree with each other, or a bad reset (one line).
     """
-    dtype = q.dtype
     tensors = (q, k, v, i, f, *(state or ()))
-    if (dtype not in C_TYPES or not all(t.is_cpu and t.dtype is dtype for t in tensors)
-            or not available(dtype)):
+    check_types(OP_SEQ, tensors, reset)
+    dtype = q.dtype
+    if (dtype not in C_TYPES or any(t.numel() == 0 for t in tensors)
+            or not all(t.is_cpu and t.dtype is dtype for t in tensors)
+            or not kernels_available(dtype)):
         return None
-    q, k, v = (_lastdim_dense(t) for t in (q, k, v))
-    if i.stride() != f.stride():
-        i, f = i.contiguous(), f.contiguous()
-    dense = None if state is None else tuple(t.contiguous() for t in state)
-    if reset is not None:
-        reset = reset.to(device="cpu", dtype=torch.bool).contiguous()
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        C0, n0, m0 = (None, None, None) if dense is None else dense
-        h, C, n, m = _MLSTMSequence.apply(q, k, v, i, f, C0, n0, m0, reset, eps)
-    else:
-        (h, C, n, m), _ = sequence_forward(q, k, v, i, f, dense, reset, eps, keep=False)
+    C0, n0, m0 = (None, None, None) if state is None else state
+    keep = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    h, C, n, m, *_ = torch.ops.xlstm_rl.mlstm_sequence(q, k, v, i, f, C0, n0, m0, reset,
+                                                       float(eps), keep)
     return h, (C, n, m)
+
+
+@torch.compiler.assume_constant_result
+def kernels_available(dtype: torch.dtype) -> bool:
+    """:func:`available`, read once per trace by ``torch.compile`` (a constant there)."""
+    return available(dtype)

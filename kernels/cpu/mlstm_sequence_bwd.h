@@ -84,7 +84,7 @@ static void SEQ_BWD_PREP(const SEQ_ARGS *a, const SEQ_RUN *r, int64_t row, int64
     const SCALAR *dhb = a->dh == NULL ? NULL
         : a->dh + b * a->dh_s[0] + hd * a->dh_s[1] + t * a->dh_s[2];
     const SCALAR qn = DOT(dk, r->qs + t * dk, nt);  /* as the forward's denominator took it */
-    const SCALAR mag = FABS(qn), den = (mag > p.floor_ ? mag : p.floor_) + a->eps;
+    const SCALAR mag = FABS(qn), den = (mag > p.floor_ || mag != mag ? mag : p.floor_) + a->eps;
     SCALAR dh_h = 0, v_dnum = 0;
     int64_t j = 0;
     if (dhb == NULL) {

@@ -109,7 +109,7 @@ static void SEQ_NORM_RUN(SEQ_RUN *r, int64_t t0, int64_t t1, SCALAR *n, SCALAR e
         }
         if (den != NULL) {
             const SCALAR mag = FABS(DOT(dk, qs, n));   /* the backward takes it the same way */
-            den[t] = (mag > r->floor_[t] ? mag : r->floor_[t]) + eps;
+            den[t] = (mag > r->floor_[t] || mag != mag ? mag : r->floor_[t]) + eps;
         }
         if (each_n != NULL)
             memcpy(each_n + (t - t0) * dk, n, sizeof(SCALAR) * (size_t)dk);

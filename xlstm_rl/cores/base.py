@@ -1,6 +1,7 @@
 """The interface every memory core implements, and TensorDict state helpers."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from tensordict import TensorDict
 from torch import Tensor, nn
@@ -65,14 +66,49 @@ class MemoryCore(nn.Module):
         raise NotImplementedError
 
     def _state_or_zero(self, state: TensorDict | None, x: Tensor) -> TensorDict:
-        return self.initial_state(x.shape[0], x.device) if state is None else state
+        """``state``, or the zero state for ``x``'s batch; a state for another batch size is
+        refused in one line (the kernels would read or write rows that do not exist)."""
+        if state is None:
+            return self.initial_state(x.shape[0], x.device)
+        batch = getattr(state, "batch_size", None)
+        if batch is None or tuple(batch)[:1] != (x.shape[0],):
+            got = "no batch size" if batch is None else f"batch size {list(batch)}"
+            raise ValueError(f"{type(self).__name__}: the state has {got} but x has "
+                             f"{x.shape[0]} rows; pass the state of this batch (or "
+                             f"initial_state({x.shape[0]}))")
+        return state
 
-    def _check_input(self, x: Tensor, reset: Tensor | None, step: bool) -> None:
+    def _check_input(self, x: Tensor, reset: object, step: bool) -> Tensor | None:
+        """Checks ``x`` (``[B, D]`` for a step, else ``[B, T, D]``) and returns ``reset`` as a
+        bool tensor on ``x``'s device (given as a tensor, a numpy array or a list of bools or
+        0/1 integers, of shape ``x.shape[:-1]``), or None."""
         want = 2 if step else 3
-        if x.dim() != want or x.shape[-1] != self.input_size:
+        if not isinstance(x, Tensor) or x.dim() != want or x.shape[-1] != self.input_size:
             shape = "[B, D]" if step else "[B, T, D]"
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"{type(self).__name__} expects x of shape {shape} with "
-                             f"D={self.input_size}, got {tuple(x.shape)}")
-        if reset is not None and tuple(reset.shape) != tuple(x.shape[:-1]):
-            raise ValueError(f"reset must have shape {tuple(x.shape[:-1])}, "
-                             f"got {tuple(reset.shape)}")
+                             f"D={self.input_size}, got {got}")
+        return as_reset(reset, tuple(x.shape[:-1]), x.device)
+
+
+def as_reset(reset: object, shape: tuple[int, ...], device: torch.device) -> Tensor | None:
+    """``reset`` as a bool tensor of ``shape`` on ``device`` (None stays None).
+
+    Accepts tensors, numpy arrays and nested lists of bools or integers (nonzero is True), as
+    a vector env returns them. Floating-point or other values are refused in one line.
+    """
+    if reset is None:
+        return None
+    if not isinstance(reset, Tensor):
+        try:
+            reset = torch.as_tensor(np.asarray(reset))
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"reset must be an array of bools, got {type(reset).__name__}"
+                             ) from None
+    if reset.dtype != torch.bool and (reset.is_floating_point() or reset.is_complex()):
+        raise ValueError(f"reset must hold bools (or 0/1 integers), got {reset.dtype}")
+    if tuple(reset.shape) != shape:
+        raise ValueError(f"reset must have shape {shape}, got {tuple(reset.shape)}")
+    if reset.dtype == torch.bool and reset.device == device:
+        return reset
+    return reset.to(device=device, dtype=torch.bool)

@@ -55,7 +55,7 @@ class _TorchRNNCore(MemoryCore):
 
     def forward(self, x: Tensor, state: TensorDict | None = None, reset: Tensor | None = None
                 ) -> tuple[Tensor, TensorDict]:
-        self._check_input(x, reset, step=False)
+        reset = self._check_input(x, reset, step=False)
         state = self._state_or_zero(state, x)
         bounds, ys = _segment_bounds(reset, x.shape[1]), []
         for t0, t1 in zip(bounds[:-1], bounds[1:]):
@@ -68,7 +68,7 @@ class _TorchRNNCore(MemoryCore):
 
     def step(self, x: Tensor, state: TensorDict | None = None, reset: Tensor | None = None,
              *, overwrite_state: bool = False) -> tuple[Tensor, TensorDict]:
-        self._check_input(x, reset, step=True)
+        reset = self._check_input(x, reset, step=True)
         state = clear_rows(self._state_or_zero(state, x), reset)
         y, hx = self.rnn(x[:, None], self._pack(state))
         return y[:, 0], self._unpack(hx, state.batch_size)
@@ -107,10 +107,10 @@ class MLPCore(MemoryCore):
 
     def forward(self, x: Tensor, state: TensorDict | None = None, reset: Tensor | None = None
                 ) -> tuple[Tensor, TensorDict]:
-        self._check_input(x, reset, step=False)
+        reset = self._check_input(x, reset, step=False)
         return self.net(x), self._state_or_zero(state, x)
 
     def step(self, x: Tensor, state: TensorDict | None = None, reset: Tensor | None = None,
              *, overwrite_state: bool = False) -> tuple[Tensor, TensorDict]:
-        self._check_input(x, reset, step=True)
+        reset = self._check_input(x, reset, step=True)
         return self.net(x), self._state_or_zero(state, x)

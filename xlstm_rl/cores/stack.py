@@ -54,7 +54,7 @@ class XLSTMCore(MemoryCore):
                 ) -> TensorDict:
         """``forward``'s new state: every block but the last as in ``forward``, the last by its
         ``advance`` (an mLSTM block then skips its read-out and output path), no final norm."""
-        self._check_input(x, reset, step=False)
+        reset = self._check_input(x, reset, step=False)
         state = self._state_or_zero(state, x)
         y, new, blocks = self.proj(x), {}, self._blocks()
         for j, block in enumerate(blocks):
@@ -80,7 +80,7 @@ class XLSTMCore(MemoryCore):
                      overwrite: bool = False) -> tuple[Tensor, TensorDict]:
         """``step`` without autograd: the blocks' ``step_nograd`` on the state's leaves
         (``overwrite``: they may write the new state into them)."""
-        self._check_input(x, reset, step=True)
+        reset = self._check_input(x, reset, step=True)
         state = self._state_or_zero(state, x)
         r = None
         if reset is not None and any_reset(reset):
@@ -97,7 +97,7 @@ class XLSTMCore(MemoryCore):
     def _run(self, x: Tensor, state: TensorDict | None, reset: Tensor | None, step: bool
              ) -> tuple[Tensor, TensorDict]:
         """Input projection, every block (``block.step`` or ``block.forward``), final norm."""
-        self._check_input(x, reset, step=step)
+        reset = self._check_input(x, reset, step=step)
         state = self._state_or_zero(state, x)
         y, new = self.proj(x), {}
         for j, block in enumerate(self._blocks()):
