@@ -102,7 +102,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                        description="cores: memory cores and reference kernels; kernels: "
                        "Triton vs reference kernels; ppo: PPO training throughput; r2d2: "
                        "R2D2 learner updates and actor env-steps per second.")
-    p.add_argument("what", choices=("cores", "kernels", "ppo", "r2d2"), help="what to benchmark")
+    p.add_argument("what", choices=("cores", "kernels", "ppo", "r2d2", "compile"),
+                   help="what to benchmark")
     p.add_argument("--out", metavar="FILE", help="report file (default bench-<what>.json)")
     p.add_argument("--device", default=None, metavar="D",
                    help="torch device (default: cuda when available, else cpu)")

@@ -1,4 +1,4 @@
-"""``xlstm-rl bench {cores,kernels,ppo}``: run a benchmark, write its JSON report."""
+"""``xlstm-rl bench {cores,kernels,ppo,r2d2,compile}``: run a benchmark, write its JSON report."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +15,7 @@ _BENCHES: dict[str, tuple[str, str]] = {
     "kernels": ("xlstm_rl.kernels.bench", "bench_kernels"),
     "ppo": ("xlstm_rl.agents.ppo.bench", "bench_ppo"),
     "r2d2": ("xlstm_rl.agents.r2d2.bench", "bench_r2d2"),
+    "compile": ("xlstm_rl.bench_compile", "bench_compile"),
 }
 
 
