@@ -146,3 +146,20 @@ def test_bench_compile_writes_its_report(tmp_path) -> None:  # noqa: ANN001
         assert all(r > 0 for r in report["ratios"][workload].values())
     with pytest.raises(ValueError, match="CPU only"):
         bench_compile(None, device="cuda")
+
+
+def test_the_constant_marker_is_what_torch_sets_and_a_fresh_process_has_no_break() -> None:
+    """``constant_for_compile`` stands in for ``torch.compiler.assume_constant_result`` (which
+    would import triton on ``import xlstm_rl.kernels``): it must stay what that sets."""
+    import subprocess
+    import sys
+
+    marked = torch.compiler.assume_constant_result(lambda: 0)
+    assert dict(vars(marked)) == {"_dynamo_marked_constant": True}
+    code = ("import torch; from xlstm_rl.cores import make_core\n"
+            "core = make_core('mlstm', 8, hidden_size=16, num_heads=2)\n"
+            "e = torch._dynamo.explain(core)(torch.randn(2, 3, 8), core.initial_state(2))\n"
+            "print(e.graph_count, e.graph_break_count)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=600)
+    assert done.stdout.split() == ["1", "0"], done.stderr[-2000:]

@@ -23,7 +23,7 @@ from .mlstm_block import WEIGHTS, check_block
 from .mlstm_cell import C_TYPES, threads_for, typed_function
 from .mlstm_sequence import available as sequence_available
 from .mlstm_sequence import kept_shapes, sequence_backward, sequence_forward
-from .op_call import run_op
+from .op_call import constant_for_compile, run_op
 
 OP_TRAIN = "mlstm block (training)"
 """The kernels' name in error messages."""
@@ -255,9 +255,10 @@ def available(dtype: torch.dtype) -> bool:
         for part in ("fwd_pre", "fwd_post", "bwd_post", "bwd_pre"))
 
 
-@torch.compiler.assume_constant_result
+@constant_for_compile
 def kernels_available(dtype: torch.dtype) -> bool:
-    """:func:`available`, read once per trace by ``torch.compile`` (a constant there)."""
+    """:func:`available`, read once per trace by ``torch.compile`` (a constant there, so it
+    does not trace the library's loader)."""
     return available(dtype)
 
 

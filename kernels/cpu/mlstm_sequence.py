@@ -26,6 +26,7 @@ from . import abi
 from .checks import (check_rank, check_reset, check_scalar, check_sizes, check_tensor,
                      check_types, fail)
 from .mlstm_cell import C_TYPES, MAX_EXP, threads_for, typed_function
+from .op_call import constant_for_compile
 
 CHECKPOINT = 16
 """Steps between the states the forward keeps (``CKPT`` in kernels.c)."""
@@ -258,7 +259,8 @@ def mlstm_sequence_cpu(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
     return h, (C, n, m)
 
 
-@torch.compiler.assume_constant_result
+@constant_for_compile
 def kernels_available(dtype: torch.dtype) -> bool:
-    """:func:`available`, read once per trace by ``torch.compile`` (a constant there)."""
+    """:func:`available`, read once per trace by ``torch.compile`` (a constant there, so it
+    does not trace the library's loader)."""
     return available(dtype)
