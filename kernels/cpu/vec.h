@@ -191,9 +191,11 @@ static inline float VEXP(float x)
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    int32_t bits;
+    /* Unsigned: for NaN (which the clamp passes through, so NaN comes out) the bits are no
+     * small integer, and signed arithmetic on them would overflow (undefined behaviour). */
+    uint32_t bits;
     memcpy(&bits, &shifted, sizeof bits);
-    bits = (bits - 0x4B400000 + 127) * (1 << 23);
+    bits = (bits - 0x4B400000u + 127u) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
@@ -219,9 +221,9 @@ static inline double VEXP(double x)
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
-    int64_t bits;
+    uint64_t bits; /* unsigned, as in the float version */
     memcpy(&bits, &shifted, sizeof bits);
-    bits = (bits - 0x4338000000000000LL + 1023) * ((int64_t)1 << 52);
+    bits = (bits - 0x4338000000000000ULL + 1023u) << 52;
     double scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
