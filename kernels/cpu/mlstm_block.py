@@ -77,6 +77,22 @@ def check_block(op: str, up: Tensor, window: Tensor, weights: dict[str, Tensor],
     return {"B": B, "T": T, "H": H, "Dh": Dh, "K": K, "bs": bs, "inner": inner}
 
 
+def block_arguments(op: str, up: Tensor, window: Tensor, reset: object,
+                    weights: dict[str, Tensor], state: list[Tensor] | tuple[Tensor, ...],
+                    heads: object) -> tuple[list[Tensor], tuple[Tensor, ...]]:
+    """The wrappers' first checks (tensors are tensors, heads a positive int): the weights in
+    :data:`WEIGHTS` order and every tensor the call passes (``up, window, *state, *weights``).
+
+    Raises:
+        ValueError: A non-tensor, a missing weight, a bad reset type or heads (one line).
+    """
+    ordered = [weights.get(name) for name in WEIGHTS]
+    tensors = (up, window, *state, *ordered)
+    check_types(op, tensors, reset)
+    check_heads(op, heads)
+    return ordered, tensors  # type: ignore[return-value]
+
+
 def mlstm_block_step(up: Tensor, window: Tensor, reset: Tensor | None,
                      weights: dict[str, Tensor], state: list[Tensor], heads: int,
                      norm_eps: float, eps: float = 1e-6, overwrite: bool = False
@@ -105,13 +121,10 @@ def mlstm_block_step(up: Tensor, window: Tensor, reset: Tensor | None,
     Raises:
         ValueError: Shapes that disagree with each other, or a bad reset (one line).
     """
-    ordered = [weights.get(name) for name in WEIGHTS]
-    tensors = (up, window, *state, *ordered)
-    check_types(OP_STEP, tensors, reset)
-    check_heads(OP_STEP, heads)
+    ordered, tensors = block_arguments(OP_STEP, up, window, reset, weights, state, heads)
     dtype = up.dtype
     if (_function(dtype) is None or any(t.numel() == 0 for t in (up, *state))
-            or not all(t.is_cpu and t.dtype is dtype for t in tensors)):  # type: ignore[union-attr]
+            or not all(t.is_cpu and t.dtype is dtype for t in tensors)):
         return None
     args = (up, window, reset, *ordered, *state, heads, float(norm_eps), float(eps))
     leaves = (*state, window)

@@ -17,9 +17,8 @@ import torch
 from torch import Tensor
 
 from . import abi
-from .checks import (check_heads, check_reset, check_scalar, check_tensor, check_types,
-                     fail)
-from .mlstm_block import WEIGHTS, check_block
+from .checks import (check_reset, check_scalar, check_tensor, fail)
+from .mlstm_block import WEIGHTS, block_arguments, check_block
 from .mlstm_cell import C_TYPES, threads_for, typed_function
 from .mlstm_sequence import available as sequence_available
 from .mlstm_sequence import kept_shapes, sequence_backward, sequence_forward
@@ -287,11 +286,8 @@ def mlstm_block_pre(up: Tensor, window: Tensor, reset: Tensor | None,
     Raises:
         ValueError: Shapes that disagree with each other, or a bad reset (one line).
     """
-    ordered = [weights.get(name) for name in WEIGHTS]
-    tensors = (up, window, *ordered)
-    check_types(OP_TRAIN, tensors, reset)
-    check_heads(OP_TRAIN, heads)
-    if (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)  # type: ignore[union-attr]
+    ordered, tensors = block_arguments(OP_TRAIN, up, window, reset, weights, (), heads)
+    if (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
             or not _runnable(tensors)):
         return None
     return run_op(block_pre_op_impl, "mlstm_block_pre", up, window, reset, *ordered, heads)
@@ -328,13 +324,10 @@ def mlstm_block_forward(up: Tensor, window: Tensor, reset: Tensor | None,
     Raises:
         ValueError: Shapes that disagree with each other, or a bad reset (one line).
     """
-    ordered = [weights.get(name) for name in WEIGHTS]
-    tensors = (up, window, *state, *ordered)
-    check_types(OP_TRAIN, tensors, reset)
-    check_heads(OP_TRAIN, heads)
+    ordered, tensors = block_arguments(OP_TRAIN, up, window, reset, weights, state, heads)
     if len(state) != 3 or not _runnable(tensors):
         return None
-    keep = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)  # type: ignore[union-attr]
+    keep = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     out, window_out, C, n, m, *_ = torch.ops.xlstm_rl.mlstm_block_train(
         up, window, *state, reset, *ordered, heads, float(norm_eps), float(eps), keep)
     return out, [C, n, m, window_out]
