@@ -40,9 +40,9 @@ def check_tensor(op: str, name: str, t: object, shape: Sequence[int],
     if not isinstance(t, Tensor):
         fail(op, f"{name} must be a tensor, got {type(t).__name__}")
     assert isinstance(t, Tensor)  # for the type checker: fail() raised otherwise
-    if t.device.type != "cpu":
+    if not t.is_cpu:  # (is_cpu and Size == tuple: the cheapest forms, this runs every step)
         fail(op, f"{name} is on {t.device}; the compiled CPU kernels take CPU tensors only")
-    if tuple(t.shape) != tuple(shape):
+    if t.shape != tuple(shape):
         fail(op, f"{name} must have shape {list(shape)}, got {list(t.shape)}")
     if dtype is not None and t.dtype != dtype:
         fail(op, f"{name} must be {dtype}, got {t.dtype}")
