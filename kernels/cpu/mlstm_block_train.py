@@ -247,18 +247,14 @@ def block_backward(up: Tensor, window: Tensor, state: tuple[Tensor, ...], reset:
     return (dup, dwindow, *initial, *dweights)
 
 
+@constant_for_compile
 def available(dtype: torch.dtype) -> bool:
-    """True when the compiled block kernels can run ``dtype`` tensors."""
+    """True when the compiled block kernels can run ``dtype`` tensors. (a constant
+    to ``torch.compile``, which then does not trace the library's loader)."""
     return sequence_available(dtype) and all(
         _function(part, dtype) is not None
         for part in ("fwd_pre", "fwd_post", "bwd_post", "bwd_pre"))
 
-
-@constant_for_compile
-def kernels_available(dtype: torch.dtype) -> bool:
-    """:func:`available`, read once per trace by ``torch.compile`` (a constant there, so it
-    does not trace the library's loader)."""
-    return available(dtype)
 
 
 def _runnable(tensors: tuple[Any, ...]) -> bool:
@@ -267,7 +263,7 @@ def _runnable(tensors: tuple[Any, ...]) -> bool:
     dtype = tensors[0].dtype
     return (dtype in C_TYPES and tensors[0].numel() > 0
             and all(isinstance(t, Tensor) and t.is_cpu and t.dtype is dtype for t in tensors)
-            and kernels_available(dtype))
+            and available(dtype))
 
 
 def mlstm_block_pre(up: Tensor, window: Tensor, reset: Tensor | None,

@@ -219,8 +219,10 @@ def sequence_backward(inputs: tuple[Tensor, ...], state: tuple[Tensor, ...] | No
     return grads, initial
 
 
+@constant_for_compile
 def available(dtype: torch.dtype) -> bool:
-    """True when the compiled sequence kernels can run ``dtype`` tensors."""
+    """True when the compiled sequence kernels can run ``dtype`` tensors. (a constant
+    to ``torch.compile``, which then does not trace the library's loader)."""
     return _function("fwd", dtype) is not None and _function("bwd", dtype) is not None
 
 
@@ -250,7 +252,7 @@ def mlstm_sequence_cpu(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
     dtype = q.dtype
     if (dtype not in C_TYPES or any(t.numel() == 0 for t in tensors)
             or not all(t.is_cpu and t.dtype is dtype for t in tensors)
-            or not kernels_available(dtype)):
+            or not available(dtype)):
         return None
     C0, n0, m0 = (None, None, None) if state is None else state
     keep = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
@@ -258,9 +260,3 @@ def mlstm_sequence_cpu(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, *,
                                                        float(eps), keep)
     return h, (C, n, m)
 
-
-@constant_for_compile
-def kernels_available(dtype: torch.dtype) -> bool:
-    """:func:`available`, read once per trace by ``torch.compile`` (a constant there, so it
-    does not trace the library's loader)."""
-    return available(dtype)

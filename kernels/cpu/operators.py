@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.library import custom_op, register_autograd
 
 from .mlstm_block import WEIGHTS, block_step_impl, block_step_inplace_impl
-from .mlstm_block_train import SAVED, block_backward, block_forward, block_pre
+from .mlstm_block_train import SAVED, block_backward, block_forward, block_pre_op_impl
 from .mlstm_cell import cell_step_impl
 from .mlstm_sequence import kept_shapes, sequence_backward, sequence_forward
 
@@ -107,8 +107,8 @@ def mlstm_block_pre_op(up: Tensor, window: Tensor, reset: Tensor | None, conv_w:
                        conv_b: Tensor, qk_w: Tensor, v_w: Tensor, gate_w: Tensor,
                        gate_b: Tensor, norm_w: Tensor, skip: Tensor, heads: int
                        ) -> tuple[Tensor, Tensor, Tensor]:
-    weights = dict(zip(WEIGHTS, (conv_w, conv_b, qk_w, v_w, gate_w, gate_b, norm_w, skip)))
-    return block_pre(up, window, reset, weights, heads)
+    return block_pre_op_impl(up, window, reset, conv_w, conv_b, qk_w, v_w, gate_w, gate_b,
+                             norm_w, skip, heads)
 
 
 @mlstm_block_pre_op.register_fake
